@@ -1,0 +1,47 @@
+"""The one list of error kinds, shared by every parser, the policy, the projections and the CLI.
+
+The vocabulary is the one of the real-output corpus (TRUTH.tsv), so a parser's
+verdict can be compared with the expected one word for word.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorKind(str, Enum):
+    SCF_NOT_CONVERGED = "scf_not_converged"
+    GEOMETRY_NOT_CONVERGED = "geometry_not_converged"
+    BFGS_FAILED = "bfgs_failed"
+    WALLTIME = "walltime"
+    OUT_OF_MEMORY = "out_of_memory"
+    DIAGONALIZATION_FAILED = "diagonalization_failed"
+    CHARGE_WRONG = "charge_wrong"
+    BASIS_LINEARLY_DEPENDENT = "basis_linearly_dependent"
+    ATOMS_TOO_CLOSE = "atoms_too_close"
+    KPOINT_MESH = "kpoint_mesh"
+    MISSING_FILE = "missing_file"
+    INPUT_ERROR = "input_error"
+    TRUNCATED = "truncated"
+    CANCELLED = "cancelled"
+    NODE_FAILURE = "node_failure"
+    DISK_FULL = "disk_full"
+    UNPHYSICAL_RESULT = "unphysical_result"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ERROR_KINDS: frozenset[str] = frozenset(k.value for k in ErrorKind)
+
+# Kinds the scheduler (not the DFT code) reports; every code shares their recovery rules.
+SCHEDULER_KINDS: frozenset[str] = frozenset(
+    {"walltime", "out_of_memory", "node_failure", "cancelled"}
+)
+
+
+def check_kind(kind: str) -> str:
+    """Return ``kind`` if it is a known error kind, else raise ValueError naming it."""
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"unknown error kind {kind!r}; known: {', '.join(sorted(ERROR_KINDS))}")
+    return kind

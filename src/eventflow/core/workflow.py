@@ -1,0 +1,166 @@
+"""Workflows: named steps with prerequisites, and what may run next.
+
+Pure: ``parse_workflows`` takes the already-loaded YAML mapping (with line numbers
+when the shell has them) and ``next_steps`` the folded material state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from eventflow.core.ids import check_step
+from eventflow.errors import ConfigError
+
+FINAL_FAILURE = ("failed", "lost", "cancelled")
+
+
+@attrs.frozen
+class StepDef:
+    name: str
+    after_ok: tuple[str, ...] = ()
+    after_any: tuple[str, ...] = ()
+    after_failed: tuple[str, ...] = ()
+    optional: bool = False
+    resources: Mapping[str, Any] = attrs.field(factory=dict)
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def prerequisites(self) -> tuple[str, ...]:
+        return self.after_ok + self.after_any + self.after_failed
+
+
+@attrs.frozen
+class Workflow:
+    name: str
+    steps: Mapping[str, StepDef]
+
+    def order(self) -> list[str]:
+        """Steps in dependency order (earlier steps first): the submission priority."""
+        done: list[str] = []
+        pending = list(self.steps)
+        while pending:
+            for name in pending:
+                if all(p in done for p in self.steps[name].prerequisites):
+                    done.append(name)
+                    pending.remove(name)
+                    break
+        return done
+
+
+# A small built-in workflow for tests and for trying eventflow without a DFT code.
+BUILTIN = {
+    "test": Workflow("test", {"A": StepDef("A"), "B": StepDef("B", after_ok=("A",))}),
+    "single": Workflow("single", {"SP": StepDef("SP")}),
+}
+
+
+def _given_up(calc: Any) -> bool:
+    return calc.recovery is not None and calc.recovery.action in ("escalate", "give_up")
+
+
+def next_steps(state: Any, workflow: Workflow) -> list[str]:
+    """Steps never attempted whose prerequisites are met, in dependency order."""
+    ready = []
+    for name in workflow.order():
+        step = workflow.steps[name]
+        if state.latest(name) is not None:
+            continue
+        latest = {p: state.latest(p) for p in step.prerequisites}
+        ok = all(latest[p] is not None and latest[p].state == "completed" for p in step.after_ok)
+        anyway = all(
+            latest[p] is not None
+            and (latest[p].state == "completed" or (latest[p].state in FINAL_FAILURE
+                                                    and _given_up(latest[p])))
+            for p in step.after_any
+        )
+        failed = all(
+            latest[p] is not None and latest[p].state in FINAL_FAILURE and _given_up(latest[p])
+            for p in step.after_failed
+        )
+        if ok and anyway and failed:
+            ready.append(name)
+    return ready
+
+
+def is_complete(state: Any, workflow: Workflow) -> bool:
+    """Every required step's latest attempt succeeded, and nothing still runs."""
+    if not state.is_idle():
+        return False
+    for name, step in workflow.steps.items():
+        latest = state.latest(name)
+        if step.optional or step.after_failed:
+            continue
+        if latest is None or latest.state != "completed":
+            return False
+    return True
+
+
+def parse_workflows(doc: Mapping[str, Any], source: str = "workflows.yaml") -> dict[str, Workflow]:
+    """Validate a ``workflows:`` mapping: unknown prerequisites and cycles are errors."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("workflows"), Mapping):
+        raise ConfigError(f"{source}: expected a top-level 'workflows:' mapping")
+    out: dict[str, Workflow] = {}
+    for wname, body in doc["workflows"].items():
+        steps_doc = (body or {}).get("steps") if isinstance(body, Mapping) else None
+        if not isinstance(steps_doc, Mapping) or not steps_doc:
+            raise ConfigError(f"{source}: workflow {wname!r} needs a 'steps:' mapping")
+        steps: dict[str, StepDef] = {}
+        for sname, sdoc in steps_doc.items():
+            sdoc = sdoc or {}
+            try:
+                check_step(sname)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: workflow {wname!r}: {exc}") from exc
+            unknown = set(sdoc) - {"after_ok", "after_any", "after_failed", "optional",
+                                   "resources", "params"}
+            if unknown:
+                raise ConfigError(
+                    f"{source}: workflow {wname!r} step {sname!r}: unknown keys {sorted(unknown)}"
+                )
+
+            def names(key: str, sdoc: Mapping[str, Any] = sdoc) -> tuple[str, ...]:
+                value = sdoc.get(key) or ()
+                return (value,) if isinstance(value, str) else tuple(value)
+
+            steps[sname] = StepDef(
+                name=sname,
+                after_ok=names("after_ok"),
+                after_any=names("after_any"),
+                after_failed=names("after_failed"),
+                optional=bool(sdoc.get("optional", False)),
+                resources=dict(sdoc.get("resources") or {}),
+                params=dict(sdoc.get("params") or {}),
+            )
+        for step in steps.values():
+            for pre in step.prerequisites:
+                if pre not in steps:
+                    raise ConfigError(
+                        f"{source}: workflow {wname!r} step {step.name!r} depends on unknown "
+                        f"step {pre!r}"
+                    )
+        _check_acyclic(wname, steps, source)
+        out[wname] = Workflow(wname, steps)
+    return out
+
+
+def _check_acyclic(wname: str, steps: Mapping[str, StepDef], source: str) -> None:
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            cycle = " -> ".join([*path[path.index(name):], name])
+            raise ConfigError(f"{source}: workflow {wname!r} has a cycle: {cycle}")
+        visiting.add(name)
+        for pre in steps[name].prerequisites:
+            visit(pre, [*path, name])
+        visiting.discard(name)
+        done.add(name)
+
+    for name in steps:
+        visit(name, [])

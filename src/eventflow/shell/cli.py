@@ -1,0 +1,491 @@
+"""The ``eventflow`` command line: the only place errors become messages and exit codes.
+
+Exit 0 on success, 1 on an error reported in one line, 2 on wrong usage.
+Heavy modules are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from eventflow import __version__
+from eventflow.errors import EventflowError
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _tracker(args: argparse.Namespace) -> Any:
+    from eventflow.shell.api import Tracker
+
+    return Tracker.open(args.project)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+# --- init / status / show ---------------------------------------------------------------------
+
+
+@command("init")
+def cmd_init(args: argparse.Namespace) -> int:
+    from eventflow.shell.api import Tracker
+
+    with Tracker.init(args.directory) as tracker:
+        print(f"initialised eventflow project in {tracker.project.root}")
+        print(f"  event log:     {tracker.project.log_path}")
+        print(f"  configuration: {tracker.project.root / 'config'}/")
+    return 0
+
+
+def _status_table(rows: list[dict[str, Any]], title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("material", "formula", "workflow", "state", "step", "attempts", "updated", "reason"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["id"], r["formula"] or "", r["workflow"] or "", r["state"], r["current_step"] or "",
+            str(r["attempts"]), (r["updated_at"] or "")[:19], (r["reason"] or "")[:60],
+        )
+    return table
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> int:
+    with _tracker(args) as tracker:
+        tracker.projections.catch_up(tracker.store)
+        if args.live:
+            return _status_live(tracker, args)
+        rows = tracker.projections.materials(args.state)
+        if args.json:
+            _print_json({"materials": rows, "counts": tracker.projections.state_counts(),
+                         "last_seq": tracker.projections.last_seq()})
+            return 0
+        counts = tracker.projections.state_counts()
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no materials"
+        _console().print(_status_table(rows, f"eventflow status: {summary}"))
+    return 0
+
+
+def _status_live(tracker: Any, args: argparse.Namespace) -> int:
+    from rich.live import Live
+
+    seen = -1
+    try:
+        with Live(auto_refresh=False) as live:
+            while True:
+                tracker.projections.catch_up(tracker.store)
+                last = tracker.projections.last_seq()
+                if last != seen:
+                    seen = last
+                    rows = tracker.projections.materials(args.state)
+                    live.update(_status_table(rows, f"eventflow status (live, seq {last})"),
+                                refresh=True)
+                time.sleep(0.3)
+    except KeyboardInterrupt:
+        return 0
+
+
+@command("show")
+def cmd_show(args: argparse.Namespace) -> int:
+    from eventflow.core.ids import check_material_id
+
+    mid = check_material_id(args.material)
+    with _tracker(args) as tracker:
+        tracker.projections.catch_up(tracker.store)
+        material = tracker.projections.material(mid)
+        if material is None:
+            raise EventflowError(f"no material {mid!r} in {tracker.project.log_path}")
+        calcs = tracker.projections.calculations(mid)
+        props = tracker.projections.properties(mid)
+        errors = tracker.projections.errors(mid)
+        history = [_event_dict(r) for r in tracker.store.read(stream=mid)]
+        if args.json:
+            _print_json({"material": material, "calculations": calcs, "properties": props,
+                         "errors": errors, "events": history})
+            return 0
+        from rich.table import Table
+
+        console = _console()
+        console.print(f"[bold]{mid}[/bold] {material['formula']}  workflow={material['workflow']}"
+                      f"  state=[bold]{material['state']}[/bold]"
+                      + (f"  ({material['reason']})" if material["reason"] else ""))
+        table = Table(title="calculations")
+        for col in ("calculation", "state", "job", "error", "requested", "finished"):
+            table.add_column(col)
+        for c in calcs:
+            table.add_row(c["id"], c["state"], c["job_id"] or "", c["error_kind"] or "",
+                          (c["requested_at"] or "")[:19], (c["finished_at"] or "")[:19])
+        console.print(table)
+        if props:
+            ptable = Table(title="properties")
+            for col in ("name", "value", "unit", "calculation"):
+                ptable.add_column(col)
+            for p in props:
+                ptable.add_row(p["name"], _fmt(p["value"]), p["unit"] or "", p["calculation_id"])
+            console.print(ptable)
+        console.print("[bold]history[/bold]")
+        for h in history:
+            print(_event_line(h))
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+# --- tail -------------------------------------------------------------------------------------
+
+
+def _event_dict(rec: Any) -> dict[str, Any]:
+    return {
+        "seq": rec.seq, "stream": rec.stream, "version": rec.version, "type": rec.type,
+        "schema_version": rec.event.VERSION, "recorded_at": rec.recorded_at,
+        "data": rec.event.to_data(), "meta": rec.meta, "idempotency_key": rec.idempotency_key,
+    }
+
+
+def _event_line(d: dict[str, Any]) -> str:
+    data = d["data"]
+    brief = " ".join(
+        f"{k}={v}" for k, v in data.items() if v not in ("", None, {}, []) and k != "evidence"
+    )
+    return f"{d['seq']:>7} {d['recorded_at'][:23]} {d['stream']:<20} {d['type']:<22} {brief[:160]}"
+
+
+@command("tail")
+def cmd_tail(args: argparse.Namespace) -> int:
+    with _tracker(args) as tracker:
+        store = tracker.store
+        types = [args.type] if args.type else None
+        last = max(0, store.last_seq() - 10 * args.n) if args.n else 0
+        recent = list(store.read(after=last, stream=args.material, types=types))[-args.n:] \
+            if args.n else []
+        emit = (lambda d: print(json.dumps(d, sort_keys=True, default=str), flush=True)) \
+            if args.json else (lambda d: print(_event_line(d), flush=True))
+        if args.n and len(recent) < args.n and last > 0:
+            recent = list(store.read(stream=args.material, types=types))[-args.n:]
+        for rec in recent:
+            emit(_event_dict(rec))
+        if not args.follow:
+            return 0
+        cursor = store.last_seq()
+        try:
+            while True:
+                for rec in store.read(after=cursor, stream=args.material, types=types):
+                    emit(_event_dict(rec))
+                cursor = max(cursor, store.last_seq())
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            return 0
+
+
+# --- replay / verify / backup / restore -------------------------------------------------------
+
+
+def _until(value: str | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if value.isdigit():
+        return {"until_seq": int(value)}
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise EventflowError(f"--until {value!r}: not a seq number or an ISO-8601 time") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return {"until_time": moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+
+
+@command("replay")
+def cmd_replay(args: argparse.Namespace) -> int:
+    from eventflow.shell.project import Project
+    from eventflow.shell.projections import Projections, fold_log, rows_of
+    from eventflow.shell.store import EventStore
+
+    project = Project.at(args.project)
+    if args.what_if:
+        from eventflow.shell.whatif import run_what_if
+
+        return run_what_if(project, args)
+    until = _until(args.until)
+    with EventStore(project.log_path) as store:
+        if not until and not args.output:
+            started = time.perf_counter()
+            live = Projections(project.projections_path, create=True)
+            last = live.rebuild(store)
+            n = len(live.materials())
+            live.close()
+            if args.json:
+                _print_json({"last_seq": last, "materials": n})
+            else:
+                print(f"rebuilt {project.projections_path.name} from {last} events "
+                      f"({n} materials) in {time.perf_counter() - started:.2f} s")
+            return 0
+        if args.output:
+            out = Path(args.output).resolve()
+            if out in (project.projections_path.resolve(), project.log_path.resolve()):
+                raise EventflowError(f"{out}: refusing to overwrite the live log or projections")
+            if out.exists():
+                out.unlink()
+            target = Projections(out, create=True)
+            last = target.rebuild(store, **until)
+            target.close()
+            print(f"wrote projections as of seq {last} to {out}")
+            return 0
+        states, last = fold_log(store, **until)
+        rows = rows_of(states.values())
+        materials = [
+            {"id": r[0], "formula": r[1], "workflow": r[2], "code": r[3], "state": r[4],
+             "current_step": r[5], "attempts": r[6], "reason": r[7], "updated_at": r[8]}
+            for r in sorted(rows["materials"])
+        ]
+        if args.json:
+            _print_json({"last_seq": last, "materials": materials})
+        else:
+            _console().print(_status_table(materials, f"as of seq {last}"))
+    return 0
+
+
+@command("verify")
+def cmd_verify(args: argparse.Namespace) -> int:
+    from eventflow.shell.project import Project
+    from eventflow.shell.projections import Projections, fold_log, rows_of
+    from eventflow.shell.store import EventStore
+
+    project = Project.at(args.project)
+    with EventStore(project.log_path) as store:
+        count, problems = store.verify_chain()
+        if not problems and project.projections_path.exists():
+            stored = Projections(project.projections_path)
+            at = stored.last_seq()
+            mine = stored.dump()
+            stored.close()
+            states, _ = fold_log(store, until_seq=at)
+            fresh = {t: sorted(r, key=repr) for t, r in rows_of(states.values()).items()}
+            for table, rows in fresh.items():
+                if [tuple(r) for r in rows] != [tuple(r) for r in mine[table]]:
+                    problems.append(f"projection table {table!r} differs from a fresh replay "
+                                    f"(as of seq {at}): run `eventflow replay`")
+    if problems:
+        for p in problems:
+            print(f"{project.log_path}: {p}", file=sys.stderr)
+        return 1
+    print(f"ok: {count} events, hash chain intact, projections match a fresh replay")
+    return 0
+
+
+@command("backup")
+def cmd_backup(args: argparse.Namespace) -> int:
+    from eventflow.shell.project import Project
+    from eventflow.shell.store import EventStore
+
+    project = Project.at(args.project)
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / f"events-{time.strftime('%Y%m%dT%H%M%S')}.db"
+    with EventStore(project.log_path) as store:
+        store.backup(dest)
+        print(f"backed up {store.last_seq()} events to {dest}")
+    return 0
+
+
+@command("restore")
+def cmd_restore(args: argparse.Namespace) -> int:
+    from eventflow.shell.project import Project
+    from eventflow.shell.projections import Projections
+    from eventflow.shell.store import EventStore
+
+    project = Project.at(args.project)
+    src = Path(args.src)
+    with EventStore(src) as backup:
+        count, problems = backup.verify_chain()
+        if problems:
+            raise EventflowError(f"{src}: backup fails verification: {problems[0]}")
+        theirs = backup.last_seq()
+        if project.log_path.exists() and not args.force:
+            with EventStore(project.log_path) as current:
+                mine = current.last_seq()
+            if mine > theirs:
+                raise EventflowError(
+                    f"{project.log_path} has {mine} events, the backup {theirs}: refusing to "
+                    "overwrite a newer log (use --force)"
+                )
+        tmp = project.log_path.with_name("events.db.restoring")
+        backup.backup(tmp)
+    for suffix in ("-wal", "-shm"):
+        Path(str(project.log_path) + suffix).unlink(missing_ok=True)
+    os.replace(tmp, project.log_path)
+    with EventStore(project.log_path) as store:
+        proj = Projections(project.projections_path, create=True)
+        proj.rebuild(store)
+        proj.close()
+    print(f"restored {count} events from {src}; projections rebuilt")
+    return 0
+
+
+# --- manual control ---------------------------------------------------------------------------
+
+
+@command("hold")
+def cmd_hold(args: argparse.Namespace) -> int:
+    with _tracker(args) as tracker:
+        tracker.hold(args.material, args.reason)
+    print(f"{args.material}: held")
+    return 0
+
+
+@command("release")
+def cmd_release(args: argparse.Namespace) -> int:
+    with _tracker(args) as tracker:
+        tracker.release(args.material, args.reason)
+    print(f"{args.material}: released")
+    return 0
+
+
+@command("cancel")
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _tracker(args) as tracker:
+        jobs = tracker.cancel(args.material, args.reason)
+        if jobs:
+            from eventflow.shell.runner import cancel_jobs
+
+            cancel_jobs(tracker, jobs)
+    print(f"{args.material}: cancelled" + (f" (jobs {', '.join(jobs)})" if jobs else ""))
+    return 0
+
+
+# --- parse ------------------------------------------------------------------------------------
+
+
+@command("parse")
+def cmd_parse(args: argparse.Namespace) -> int:
+    from eventflow.shell.parsing import parse_file
+
+    result = parse_file(Path(args.file), code=args.code)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    d = result.to_dict()
+    print(f"{args.file}: {d['code']} {d['program'] or '?'} {d['calculation'] or '?'} "
+          f"status={d['status']}" + (f" error={d['error_kind']}" if d["error_kind"] else ""))
+    if d["energy_ev"] is not None:
+        print(f"  energy: {d['energy_ev']:.6f} eV")
+    if d["band_gap_ev"] is not None:
+        print(f"  band gap: {d['band_gap_ev']:.4f} eV")
+    for e in d["errors"]:
+        print(f"  line {e['line']}: [{e['kind']}] {e['text']}")
+    return 0
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eventflow",
+        description="Event-sourced workflow manager for DFT calculations on SLURM clusters.",
+    )
+    parser.add_argument("--version", action="version", version=f"eventflow {__version__}")
+    parser.add_argument("--project", metavar="DIR", default=None,
+                        help="project folder (default: search upward from here, or "
+                             "$EVENTFLOW_PROJECT)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("init", help="make a folder an eventflow project")
+    p.add_argument("directory", nargs="?", default=".", help="folder (default: here)")
+
+    p = sub.add_parser("status", help="where every material stands")
+    p.add_argument("--state", help="only materials in this state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--live", action="store_true", help="redraw as events arrive (Ctrl-C quits)")
+
+    p = sub.add_parser("show", help="one material's whole story")
+    p.add_argument("material", help="material id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("tail", help="the log, as a structured tail (-f follows)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("-n", type=int, default=20, help="print the last N events first (default 20)")
+    p.add_argument("--material", help="only this material's events")
+    p.add_argument("--type", help="only events of this type")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser("replay", help="rebuild projections from the log (or as of a past point)")
+    p.add_argument("--until", metavar="SEQ|ISO-TIME", help="stop at this seq or time")
+    p.add_argument("--output", metavar="FILE", help="write projections to FILE, not the live ones")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--policy", metavar="YAML", help="with --what-if: the other recovery policy")
+    p.add_argument("--what-if", action="store_true",
+                   help="replay another policy over the history; write nothing")
+
+    sub.add_parser("verify", help="check the hash chain and the projections against a replay")
+
+    p = sub.add_parser("backup", help="consistent online copy of the log")
+    p.add_argument("dest", help="file or folder")
+
+    p = sub.add_parser("restore", help="restore the log from a backup and rebuild projections")
+    p.add_argument("src", help="backup file")
+    p.add_argument("--force", action="store_true", help="overwrite a log with more events")
+
+    for name, text in (("hold", "stop submitting for a material"),
+                       ("release", "let a held material go on"),
+                       ("cancel", "cancel a material and its jobs")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("material", help="material id")
+        p.add_argument("--reason", default="", help="why (recorded in the log)")
+
+    p = sub.add_parser("parse", help="classify one output file (no project needed)")
+    p.add_argument("file", help="output file of pw.x, CRYSTAL, or a scheduler log")
+    p.add_argument("--code", choices=["qe", "crystal", "slurm"], help="skip detection")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for extra in _EXTRA_PARSERS:
+        extra(sub)
+    return parser
+
+
+_EXTRA_PARSERS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EventflowError as exc:
+        print(f"eventflow: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

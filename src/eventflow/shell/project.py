@@ -1,0 +1,145 @@
+"""Where a project's files are, and its configuration.
+
+A project is a folder with ``.eventflow/`` in it. The log and projections live
+in the state folder, ``.eventflow/`` by default; on a cluster it can be moved to
+the login node's local disk (``state_dir`` in config/project.yaml or
+``EVENTFLOW_STATE_DIR``), because SQLite must not live on NFS/Lustre.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from eventflow.errors import ConfigError, EventflowError, ProjectNotFound
+from eventflow.resources import data_file
+
+MARKER = ".eventflow"
+CONFIG_FILES = (
+    "project.yaml",
+    "cluster.yaml",
+    "workflows.yaml",
+    "recovery.yaml",
+    "pseudopotentials.yaml",
+    "crystal.yaml",
+)
+
+
+def find_root(start: Path | str | None = None) -> Path:
+    """The project folder: ``start`` (or $EVENTFLOW_PROJECT, or the cwd) or its nearest parent
+    holding ``.eventflow/``."""
+    if start is None:
+        start = os.environ.get("EVENTFLOW_PROJECT") or Path.cwd()
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / MARKER).is_dir():
+            return folder
+    raise ProjectNotFound(
+        f"{here}: not inside an eventflow project (no {MARKER}/ here or above); "
+        "run `eventflow init` or pass --project DIR"
+    )
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+@attrs.frozen
+class Project:
+    root: Path
+    state_dir: Path
+
+    @classmethod
+    def at(cls, start: Path | str | None = None) -> Project:
+        root = find_root(start)
+        return cls(root, _state_dir(root))
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "events.db"
+
+    @property
+    def projections_path(self) -> Path:
+        return self.state_dir / "projections.db"
+
+    @property
+    def structures_db(self) -> Path:
+        return self.state_dir / "structures.db"
+
+    @property
+    def calcs(self) -> Path:
+        return self.root / "calcs"
+
+    @property
+    def lock_path(self) -> Path:
+        # Beside the marker, not in state_dir: it must be shared by every login node.
+        return self.root / MARKER / "watcher.lock"
+
+    def config_path(self, name: str) -> Path:
+        """The project's copy of a config file, else the default shipped in the package."""
+        own = self.root / "config" / name
+        if own.is_file():
+            return own
+        return Path(str(data_file("config", name)))
+
+    def config(self, name: str) -> dict[str, Any]:
+        path = self.config_path(name)
+        if not path.is_file():
+            return {}
+        doc = load_yaml(path)
+        if doc is None:
+            return {}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        return doc
+
+    def inside(self, relative: str | Path) -> Path:
+        """``root / relative``, refusing anything that would escape the project folder."""
+        path = (self.root / relative).resolve()
+        if path != self.root.resolve() and self.root.resolve() not in path.parents:
+            raise EventflowError(f"{relative}: path escapes the project folder {self.root}")
+        return path
+
+
+def _state_dir(root: Path) -> Path:
+    env = os.environ.get("EVENTFLOW_STATE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    project_yaml = root / "config" / "project.yaml"
+    if project_yaml.is_file():
+        doc = load_yaml(project_yaml) or {}
+        if isinstance(doc, dict) and doc.get("state_dir"):
+            path = Path(str(doc["state_dir"])).expanduser()
+            return (path if path.is_absolute() else root / path).resolve()
+    return root / MARKER
+
+
+def initialise(directory: Path | str) -> Project:
+    """Make ``directory`` a project (idempotent); copy the editable defaults into config/."""
+    root = Path(directory).resolve()
+    (root / MARKER).mkdir(parents=True, exist_ok=True)
+    config_dir = root / "config"
+    config_dir.mkdir(exist_ok=True)
+    for name in CONFIG_FILES:
+        target = config_dir / name
+        source = data_file("config", name)
+        if not target.exists() and source.is_file():
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+            os.replace(tmp, target)
+    project = Project(root, _state_dir(root))
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    return project

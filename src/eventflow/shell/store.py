@@ -1,0 +1,356 @@
+"""The append-only event log: one SQLite file, WAL mode, one row per event.
+
+Writers take ``BEGIN IMMEDIATE`` and a busy timeout, so concurrent writers
+queue instead of failing with 'database is locked'. Optimistic concurrency is
+``UNIQUE(stream, version)``; idempotency is ``UNIQUE(idempotency_key)``; each
+row's ``hash`` chains over the previous row's, so any edit of the file shows.
+Triggers refuse UPDATE and DELETE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+
+from eventflow.core import events as ev
+from eventflow.errors import (
+    ConcurrencyError,
+    EventflowError,
+    LogCorruptError,
+    LogTooNewError,
+)
+
+SCHEMA_VERSION = 1
+GENESIS = "0" * 64
+_ROW_COLUMNS = "seq, stream, version, type, schema_version, data, meta, recorded_at, idempotency_key"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq             INTEGER PRIMARY KEY,
+    stream          TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    type            TEXT    NOT NULL,
+    schema_version  INTEGER NOT NULL,
+    data            TEXT    NOT NULL,
+    meta            TEXT    NOT NULL,
+    recorded_at     TEXT    NOT NULL,
+    idempotency_key TEXT    UNIQUE,
+    hash            TEXT    NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at);
+CREATE INDEX IF NOT EXISTS events_type ON events (type);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'the event log is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'the event log is append-only: DELETE refused'); END;
+"""
+
+
+def canonical(obj: Any) -> bytes:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def row_hash(prev: str, seq: int, stream: str, version: int, type_: str, schema_version: int,
+             data: str, meta: str, recorded_at: str, key: str | None) -> str:
+    content = canonical([seq, stream, version, type_, schema_version, data, meta, recorded_at, key])
+    return hashlib.sha256(prev.encode() + content).hexdigest()
+
+
+@attrs.frozen
+class NewEvent:
+    """An event to append: the stream it belongs to, an optional idempotency key and metadata."""
+
+    stream: str
+    event: ev.Event
+    idempotency_key: str | None = None
+    meta: dict[str, Any] = attrs.field(factory=dict)
+
+
+def default_meta(actor: str = "cli") -> dict[str, Any]:
+    return {"actor": actor, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _decode_row(row: Sequence[Any]) -> ev.Recorded:
+    seq, stream, version, type_, schema_version, data, meta, recorded_at, key = row
+    return ev.Recorded(
+        seq=seq,
+        stream=stream,
+        version=version,
+        event=ev.decode(type_, schema_version, orjson.loads(data)),
+        recorded_at=recorded_at,
+        meta=orjson.loads(meta),
+        idempotency_key=key,
+    )
+
+
+class EventStore:
+    """The log. Open with ``EventStore(path)``; ``create=True`` makes a new one."""
+
+    def __init__(self, path: Path | str, *, create: bool = False, synchronous: str = "FULL"):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise EventflowError(
+                f"{self.path}: no event log here (run `eventflow init`, or restore from a backup)"
+            )
+        try:
+            self.db = sqlite3.connect(
+                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA busy_timeout = 60000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                # IF NOT EXISTS everywhere: two processes creating the log at once is harmless.
+                self.db.executescript(
+                    f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+                )
+            elif version > SCHEMA_VERSION:
+                raise LogTooNewError(
+                    f"{self.path}: written by a newer eventflow (log schema {version}, this one "
+                    f"knows {SCHEMA_VERSION}): upgrade eventflow"
+                )
+            self.db.execute("SELECT count(*) FROM events WHERE seq = 1").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LogCorruptError(
+                f"{self.path}: not a readable event log ({exc}); restore it with "
+                "`eventflow restore BACKUP`"
+            ) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ----------------------------------------------------------------------------
+    def append(
+        self,
+        stream: str,
+        events: Sequence[ev.Event],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> list[ev.Recorded]:
+        """Append ``events`` to one stream atomically.
+
+        ``expected_version`` is the stream version the caller decided on (None: don't check);
+        a mismatch raises ConcurrencyError and appends nothing. ``idempotency_key`` names the
+        first event: if it is already stored, the stored events are returned and nothing is
+        appended (a retry of the same intent is not a duplicate).
+        """
+        keys = [idempotency_key] + [None] * (len(events) - 1) if events else []
+        items = [NewEvent(stream, e, k, meta or {}) for e, k in zip(events, keys)]
+        return self.append_many(items, expected_versions={stream: expected_version})
+
+    def append_many(
+        self,
+        items: Sequence[NewEvent],
+        *,
+        expected_versions: dict[str, int | None] | None = None,
+    ) -> list[ev.Recorded]:
+        """Append a batch (any streams) in one transaction; see ``append``."""
+        if not items:
+            return []
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            keys = [i.idempotency_key for i in items if i.idempotency_key is not None]
+            stored = self._by_keys(keys) if keys else {}
+            if stored and len(stored) == len(keys) and len(keys) == len(items):
+                db.execute("COMMIT")
+                return [stored[k] for k in keys]
+            if stored and items[0].idempotency_key in stored:
+                # The group's intent is already recorded: the whole group was appended then.
+                db.execute("COMMIT")
+                return [stored[items[0].idempotency_key]]
+            last = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (last[0], last[1]) if last else (0, GENESIS)
+            versions: dict[str, int] = {}
+            for stream in {i.stream for i in items}:
+                versions[stream] = db.execute(
+                    "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?", (stream,)
+                ).fetchone()[0]
+            for stream, expected in (expected_versions or {}).items():
+                if expected is not None and versions.get(stream, expected) != expected:
+                    raise ConcurrencyError(
+                        f"stream {stream!r} is at version {versions[stream]}, "
+                        f"expected {expected}: someone else appended first"
+                    )
+            now = utc_now()
+            rows = []
+            out = []
+            base_meta = default_meta()
+            for item in items:
+                if item.idempotency_key is not None and item.idempotency_key in stored:
+                    out.append(stored[item.idempotency_key])
+                    continue
+                seq += 1
+                versions[item.stream] += 1
+                version = versions[item.stream]
+                e = item.event
+                data = canonical(e.to_data()).decode()
+                meta_obj = {**base_meta, **item.meta}
+                meta = canonical(meta_obj).decode()
+                h = row_hash(prev, seq, item.stream, version, e.TYPE, e.VERSION, data, meta, now,
+                             item.idempotency_key)
+                rows.append((seq, item.stream, version, e.TYPE, e.VERSION, data, meta, now,
+                             item.idempotency_key, h))
+                prev = h
+                out.append(ev.Recorded(seq, item.stream, version, e, now, meta_obj,
+                                       item.idempotency_key))
+            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            db.execute("COMMIT")
+            return out
+        except sqlite3.IntegrityError as exc:
+            db.execute("ROLLBACK")
+            raise ConcurrencyError(f"append refused by the log: {exc}") from exc
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _by_keys(self, keys: list[str]) -> dict[str, ev.Recorded]:
+        found: dict[str, ev.Recorded] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM events WHERE idempotency_key IN ({marks})", chunk
+            ):
+                found[row[8]] = _decode_row(row)
+        return found
+
+    # -- reading ----------------------------------------------------------------------------
+    def last_seq(self) -> int:
+        return self.db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+
+    def stream_version(self, stream: str) -> int:
+        return self.db.execute(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?", (stream,)
+        ).fetchone()[0]
+
+    def by_key(self, key: str) -> ev.Recorded | None:
+        return self._by_keys([key]).get(key)
+
+    def read(
+        self,
+        *,
+        stream: str | None = None,
+        after: int = 0,
+        until_seq: int | None = None,
+        until_time: str | None = None,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[ev.Recorded]:
+        """Events in log order, filtered; decoding upcasts old shapes."""
+        for row in self.read_raw(stream=stream, after=after, until_seq=until_seq,
+                                 until_time=until_time, types=types, limit=limit):
+            yield _decode_row(row)
+
+    def read_raw(
+        self,
+        *,
+        stream: str | None = None,
+        after: int = 0,
+        until_seq: int | None = None,
+        until_time: str | None = None,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        where = ["seq > ?"]
+        args: list[Any] = [after]
+        if stream is not None:
+            where.append("stream = ?")
+            args.append(stream)
+        if until_seq is not None:
+            where.append("seq <= ?")
+            args.append(until_seq)
+        if until_time is not None:
+            where.append("recorded_at <= ?")
+            args.append(until_time)
+        type_list = list(types) if types is not None else None
+        if type_list:
+            where.append(f"type IN ({','.join('?' * len(type_list))})")
+            args.extend(type_list)
+        sql = f"SELECT {_ROW_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        cursor = self.db.execute(sql, args)
+        while True:
+            rows = cursor.fetchmany(5000)
+            if not rows:
+                return
+            yield from rows
+
+    def tail(self, n: int) -> list[ev.Recorded]:
+        rows = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM events ORDER BY seq DESC LIMIT ?", (n,)
+        ).fetchall()
+        return [_decode_row(r) for r in reversed(rows)]
+
+    def streams(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT stream FROM events")]
+
+    # -- integrity --------------------------------------------------------------------------
+    def verify_chain(self) -> tuple[int, list[str]]:
+        """Walk the hash chain. Return (events checked, problems); problems name the seq."""
+        problems: list[str] = []
+        prev = GENESIS
+        expected_seq = 0
+        versions: dict[str, int] = {}
+        count = 0
+        cursor = self.db.execute(f"SELECT {_ROW_COLUMNS}, hash FROM events ORDER BY seq")
+        for row in cursor:
+            seq, stream, version, type_, sv, data, meta, at, key, h = row
+            count += 1
+            expected_seq += 1
+            if seq != expected_seq:
+                problems.append(f"seq {seq}: gap in the log (expected {expected_seq})")
+                expected_seq = seq
+            if row_hash(prev, seq, stream, version, type_, sv, data, meta, at, key) != h:
+                problems.append(f"seq {seq}: hash mismatch (the row was altered)")
+                break
+            if version != versions.get(stream, 0) + 1:
+                problems.append(f"seq {seq}: stream {stream!r} version {version} is not gapless")
+            versions[stream] = version
+            try:
+                ev.decode(type_, sv, orjson.loads(data))
+            except ev.UnknownEventError as exc:
+                problems.append(f"seq {seq}: preserved but not understood: {exc}")
+            except orjson.JSONDecodeError:
+                problems.append(f"seq {seq}: data is not JSON")
+            prev = h
+        return count, problems
+
+    def backup(self, dest: Path) -> None:
+        """A consistent online copy of the log (SQLite backup API), safe while writers run."""
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".partial")
+        if tmp.exists():
+            tmp.unlink()
+        target = sqlite3.connect(tmp)
+        try:
+            self.db.backup(target)
+        finally:
+            target.close()
+        os.replace(tmp, dest)

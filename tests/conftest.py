@@ -1,0 +1,48 @@
+"""Shared fixtures and the rule for tests that need real programs.
+
+A test that needs SLURM or pw.x skips on a laptop without them, but in CI
+(``CI=true``) a missing program is a failure: such a test must run there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with ``reason`` unless ``condition``; in CI, fail instead of skipping."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI but unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def slurm_available() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        return False
+    try:
+        out = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "UP" in out.stdout
+
+
+@pytest.fixture
+def need_slurm() -> None:
+    require(slurm_available(), "no running SLURM cluster (start one with slurm/local-cluster start)")
+
+
+@pytest.fixture
+def need_pwx() -> None:
+    require(shutil.which("pw.x") is not None, "pw.x not installed (apt-get install quantum-espresso)")

@@ -1,0 +1,39 @@
+"""Where the real-output corpus lives, and its expected parses.
+
+The files with a stated licence are bundled under tests/data/corpus (see its
+NOTICE), so the corpus tests run on a fresh clone. The full shared corpus beside
+the checkout (../shared/corpus) adds the files without a licence; tests on
+those run only where it exists.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "tests" / "data" / "corpus"
+SHARED = REPO.parent / "shared" / "corpus"
+
+
+def corpus_file(relative: str) -> Path | None:
+    """The path of a corpus file, bundled first, else from the shared corpus, else None."""
+    for root in (BUNDLED, SHARED):
+        candidate = root / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def truth_rows(code: str | None = None) -> list[dict[str, str]]:
+    """TRUTH.tsv rows (union of bundled and shared), optionally only those of ``code``."""
+    rows: dict[str, dict[str, str]] = {}
+    for root in (BUNDLED, SHARED):
+        truth = root / "TRUTH.tsv"
+        if not truth.is_file():
+            continue
+        with truth.open(newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                rows.setdefault(row["file"], row)
+    selected = [r for r in rows.values() if code is None or r["code"] == code]
+    return sorted(selected, key=lambda r: r["file"])
