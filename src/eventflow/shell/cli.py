@@ -404,6 +404,57 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- adding work, watching ------------------------------------------------------------------
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EventflowError(f"--set {pair!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
+
+
+@command("add")
+def cmd_add(args: argparse.Namespace) -> int:
+    params = _parse_sets(args.set)
+    with _tracker(args) as tracker:
+        for structure in args.structures:
+            before = tracker.store.last_seq()
+            mid = tracker.create_material(structure, source="file", workflow=args.workflow,
+                                          code=args.code, material_id=args.id, params=params)
+            new = tracker.store.last_seq() > before
+            print(f"{mid}: {'registered' if new else 'already registered (same structure)'}"
+                  f" ({args.workflow}, {args.code})")
+    return 0
+
+
+@command("watch")
+def cmd_watch(args: argparse.Namespace) -> int:
+    from eventflow.shell.watcher import Watcher, run_once, setup_logging
+
+    with _tracker(args) as tracker:
+        setup_logging(tracker.project.state_dir / "watcher.log", as_json=args.log_json,
+                      echo=not args.quiet)
+        if args.once:
+            report = run_once(tracker)
+            if not args.quiet:
+                print(f"once: {report}")
+            return 0
+        return Watcher(tracker, poll=args.poll, reconcile=args.reconcile).run()
+
+
+@command("doctor")
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from eventflow.shell.doctor import run_doctor
+
+    return run_doctor(args.project)
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 
@@ -466,6 +517,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="output file of pw.x, CRYSTAL, or a scheduler log")
     p.add_argument("--code", choices=["qe", "crystal", "slurm"], help="skip detection")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("add", help="register structures and start their workflow")
+    p.add_argument("structures", nargs="+", help="CIF or any file ASE reads")
+    p.add_argument("--workflow", default="full_characterization", help="workflow name")
+    p.add_argument("--code", default="qe", choices=["qe", "crystal", "noop"], help="DFT code")
+    p.add_argument("--id", default=None, help="material id (default: from the file name)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="parameter override for this material (repeatable)")
+
+    p = sub.add_parser("watch", help="follow jobs, parse outputs, submit what comes next")
+    p.add_argument("--once", action="store_true", help="process everything pending, then exit")
+    p.add_argument("--poll", type=float, metavar="SECONDS", default=None,
+                   help="poll the file system (NFS/Lustre) instead of inotify")
+    p.add_argument("--reconcile", type=float, default=30.0, metavar="SECONDS",
+                   help="ask the scheduler about our jobs this often (default 30)")
+    p.add_argument("--log-json", action="store_true", help="operational log as JSON lines")
+    p.add_argument("--quiet", action="store_true", help="log to the file only")
+
+    sub.add_parser("doctor", help="check the set-up and say how to fix what is wrong")
 
     for extra in _EXTRA_PARSERS:
         extra(sub)

@@ -16,7 +16,7 @@ def plugins() -> dict[str, Any]:
 
     found: dict[str, Any] = {}
     for name, module in (("qe", "eventflow.codes.qe"), ("crystal", "eventflow.codes.crystal"),
-                         ("slurm", "eventflow.codes.slurm")):
+                         ("slurm", "eventflow.codes.slurm"), ("noop", "eventflow.codes.noop")):
         try:
             mod = __import__(module, fromlist=["PLUGIN"])
             found[name] = mod.PLUGIN
@@ -24,7 +24,13 @@ def plugins() -> dict[str, Any]:
             continue
     for entry in entry_points(group="eventflow.codes"):
         if entry.name not in found:
-            found[entry.name] = entry.load()
+            try:
+                found[entry.name] = entry.load()
+            except Exception as exc:  # a broken third-party plugin must not stop eventflow
+                import logging
+
+                logging.getLogger("eventflow").warning("code plugin %s not loaded: %s",
+                                                       entry.name, exc)
     return found
 
 

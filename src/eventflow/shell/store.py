@@ -32,6 +32,9 @@ from eventflow.errors import (
 SCHEMA_VERSION = 1
 GENESIS = "0" * 64
 _ROW_COLUMNS = "seq, stream, version, type, schema_version, data, meta, recorded_at, idempotency_key"
+# What a fold needs (no meta, no key): read_raw(columns=FOLD_COLUMNS) for replays.
+FOLD_COLUMNS = "seq, stream, version, type, schema_version, data, recorded_at"
+_COLUMN_CHOICES = (_ROW_COLUMNS, FOLD_COLUMNS)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -56,9 +59,12 @@ BEGIN SELECT RAISE(ABORT, 'the event log is append-only: DELETE refused'); END;
 """
 
 
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
 def canonical(obj: Any) -> bytes:
     """Canonical JSON: sorted keys, no whitespace, UTF-8."""
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(obj, option=_CANONICAL)
 
 
 def utc_now() -> str:
@@ -69,6 +75,24 @@ def row_hash(prev: str, seq: int, stream: str, version: int, type_: str, schema_
              data: str, meta: str, recorded_at: str, key: str | None) -> str:
     content = canonical([seq, stream, version, type_, schema_version, data, meta, recorded_at, key])
     return hashlib.sha256(prev.encode() + content).hexdigest()
+
+
+# Field names per event class, for serialising events whose class keeps the default
+# ``Event.to_data`` without attrs.asdict's per-call introspection (the append hot path).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _event_data(e: ev.Event) -> dict[str, Any]:
+    cls = type(e)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        if cls.to_data is not ev.Event.to_data:
+            return e.to_data()  # a class with its own serialisation
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in attrs.fields(cls))
+    return {name: getattr(e, name) for name in names}
+
+
+_HOST: tuple[int, str] | None = None
 
 
 @attrs.frozen
@@ -82,7 +106,11 @@ class NewEvent:
 
 
 def default_meta(actor: str = "cli") -> dict[str, Any]:
-    return {"actor": actor, "host": socket.gethostname(), "pid": os.getpid()}
+    global _HOST
+    pid = os.getpid()
+    if _HOST is None or _HOST[0] != pid:  # asked once per process, not once per append
+        _HOST = (pid, socket.gethostname())
+    return {"actor": actor, "host": _HOST[1], "pid": pid}
 
 
 def _decode_row(row: Sequence[Any]) -> ev.Recorded:
@@ -185,11 +213,7 @@ class EventStore:
                 return [stored[items[0].idempotency_key]]
             last = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (last[0], last[1]) if last else (0, GENESIS)
-            versions: dict[str, int] = {}
-            for stream in {i.stream for i in items}:
-                versions[stream] = db.execute(
-                    "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?", (stream,)
-                ).fetchone()[0]
+            versions = self._versions({i.stream for i in items})
             for stream, expected in (expected_versions or {}).items():
                 if expected is not None and versions.get(stream, expected) != expected:
                     raise ConcurrencyError(
@@ -200,25 +224,38 @@ class EventStore:
             rows = []
             out = []
             base_meta = default_meta()
+            dumps, sha256, option = orjson.dumps, hashlib.sha256, _CANONICAL
+            recorded, event_data = ev.Recorded, _event_data
+            metas: dict[int, tuple[dict[str, Any], str]] = {}  # id(item.meta) -> merged, JSON
+            prev_bytes = prev.encode()
             for item in items:
-                if item.idempotency_key is not None and item.idempotency_key in stored:
-                    out.append(stored[item.idempotency_key])
+                key = item.idempotency_key
+                if key is not None and key in stored:
+                    out.append(stored[key])
                     continue
                 seq += 1
-                versions[item.stream] += 1
-                version = versions[item.stream]
+                stream = item.stream
+                version = versions[stream] = versions[stream] + 1
                 e = item.event
-                data = canonical(e.to_data()).decode()
-                meta_obj = {**base_meta, **item.meta}
-                meta = canonical(meta_obj).decode()
-                h = row_hash(prev, seq, item.stream, version, e.TYPE, e.VERSION, data, meta, now,
-                             item.idempotency_key)
-                rows.append((seq, item.stream, version, e.TYPE, e.VERSION, data, meta, now,
-                             item.idempotency_key, h))
-                prev = h
-                out.append(ev.Recorded(seq, item.stream, version, e, now, meta_obj,
-                                       item.idempotency_key))
-            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                data = dumps(event_data(e), option=option).decode()
+                merged = metas.get(id(item.meta))
+                if merged is None:
+                    meta_obj = {**base_meta, **item.meta}
+                    merged = metas[id(item.meta)] = (meta_obj, dumps(meta_obj, option=option)
+                                                     .decode())
+                meta = merged[1]
+                type_, sv = e.TYPE, e.VERSION
+                # The same bytes as row_hash(): canonical JSON of the row, chained on prev.
+                h = sha256(prev_bytes + dumps(
+                    [seq, stream, version, type_, sv, data, meta, now, key], option=option
+                )).hexdigest()
+                rows.append((seq, stream, version, type_, sv, data, meta, now, key, h))
+                prev_bytes = h.encode()
+                out.append(recorded(seq, stream, version, e, now, dict(merged[0]), key))
+            if len(rows) == 1:
+                db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows[0])
+            else:
+                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             db.execute("COMMIT")
             return out
         except sqlite3.IntegrityError as exc:
@@ -227,6 +264,20 @@ class EventStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _versions(self, streams: set[str]) -> dict[str, int]:
+        """Current version of each stream, in one query (not one per stream)."""
+        db = self.db
+        if len(streams) == 1:
+            (stream,) = streams
+            return {stream: db.execute(
+                "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?", (stream,)
+            ).fetchone()[0]}
+        return dict(db.execute(
+            "SELECT value, (SELECT coalesce(max(version), 0) FROM events WHERE stream = value) "
+            "FROM json_each(?)",
+            (orjson.dumps(list(streams)).decode(),),
+        ))
 
     def _by_keys(self, keys: list[str]) -> dict[str, ev.Recorded]:
         found: dict[str, ev.Recorded] = {}
@@ -275,7 +326,12 @@ class EventStore:
         until_time: str | None = None,
         types: Iterable[str] | None = None,
         limit: int | None = None,
+        columns: str = _ROW_COLUMNS,
     ) -> Iterator[tuple[Any, ...]]:
+        """Rows (``seq, stream, version, type, schema_version, data, meta, recorded_at,
+        idempotency_key``, or ``columns=FOLD_COLUMNS``) in log order, undecoded."""
+        if columns not in _COLUMN_CHOICES:
+            raise ValueError(f"read_raw: unknown column list {columns!r}")
         where = ["seq > ?"]
         args: list[Any] = [after]
         if stream is not None:
@@ -291,16 +347,12 @@ class EventStore:
         if type_list:
             where.append(f"type IN ({','.join('?' * len(type_list))})")
             args.extend(type_list)
-        sql = f"SELECT {_ROW_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        sql = f"SELECT {columns} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        cursor = self.db.execute(sql, args)
-        while True:
-            rows = cursor.fetchmany(5000)
-            if not rows:
-                return
-            yield from rows
+        # The cursor itself: iterating it in C is much cheaper than re-yielding each row.
+        yield from self.db.execute(sql, args)
 
     def tail(self, n: int) -> list[ev.Recorded]:
         rows = self.db.execute(

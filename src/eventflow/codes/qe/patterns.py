@@ -26,7 +26,9 @@ from eventflow.core.kinds import ErrorKind
 #      from readpp : error #         1
 #      file ./Li.pbe-sl-kjpaw_psl.1.0.0.UPF not found
 ERROR_BLOCK_RULE = "%%%%%%%%%%"
-ERROR_BLOCK_HEADER = re.compile(r"^\s*(?:Error in routine\s+(\S+)\s*\(|from\s+(\S+)\s*:\s*error\s*#)")
+ERROR_BLOCK_HEADER = re.compile(
+    r"^\s*(?:Error in routine\s+(\S+)\s*\(|from\s+(\S+)\s*:\s*error\s*#)"
+)
 
 
 @attrs.frozen
@@ -182,6 +184,9 @@ LINE_TRIGGERS: tuple[str, ...] = (
 )
 
 
+_TRIGGER = re.compile("|".join(re.escape(t) for t in LINE_TRIGGERS))
+
+
 def root_cause_rank(kind: str) -> int:
     """Position of ``kind`` in ROOT_CAUSE_ORDER (lower is more fundamental)."""
     try:
@@ -197,7 +202,7 @@ def match_line(line: str) -> ErrorPattern | None:
     the calculation type is known (MD prints its "Molecular Dynamics" banner only
     after the first step).
     """
-    if not any(t in line for t in LINE_TRIGGERS):
+    if _TRIGGER.search(line) is None:
         return None
     for pattern in LINE_PATTERNS:
         if pattern.matches(line):

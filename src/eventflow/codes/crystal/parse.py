@@ -1,0 +1,370 @@
+"""Interpret a CRYSTAL (crystal or properties program) output text.
+
+The conventions are those of the corpus (TRUTH_NOTES.md), applied to every file:
+
+* A file may hold several runs (crystal then properties). ``program``,
+  ``calculation`` and ``status`` describe the last run; the energy is the final
+  total energy of the last crystal run in the file.
+* Energy: for an optimisation, the E(AU) of the last ``OPT END`` line; for every
+  other run (and an optimisation without ``OPT END``), the last ``SCF ENDED`` line.
+* Band gap: the last gap printed, where a later ``POSSIBLY CONDUCTING STATE``,
+  ``SPIN LOCKING: NO ENERGY GAP COMPUTED`` or a ``FERMI ENERGY:`` summary after
+  ``OPT END`` means there is none; for spin-polarised runs the smaller of the last
+  ALPHA/BETA pair. Old versions print no gap line, so no gap.
+
+Everything works on the whole text with compiled regular expressions and
+``str.find`` (no Python loop over lines), so a megabyte output parses in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from eventflow.codes.base import HARTREE_EV, Finding, ParseResult
+from eventflow.codes.crystal import patterns
+
+PARSER_NAME = "crystal"
+PARSER_VERSION = "1"
+
+_BANNER = re.compile(r"^ \*[ \t]+CRYSTAL(\d\d)[ \t]+\*[ \t]*$", re.M)
+_PUBLIC = re.compile(r"public\s*:\s*(\d+(?:\.\d+)+)")
+_VSTRING = re.compile(r"\b[vV](\d+)[._](\d+)[._](\d+)")
+_RELEASE = re.compile(r"Release\s*:?\s*(\d+(?:\.\d+)+)")
+_SCF_ENDED = re.compile(
+    r"SCF ENDED - (?P<status>[A-Z][A-Z ]*?)\s+E\(AU\)\s+(?P<e>[-+0-9.E]+)\s+CYCLES\s+(?P<n>\d+)"
+)
+_OPT_END = re.compile(
+    r"\* OPT END - (?P<status>CONVERGED|FAILED)\s*\* E\(AU\):\s+(?P<e>[-+0-9.E]+)"
+    r"\s+POINTS\s+(?P<n>\d+)"
+)
+_OPT_POINT = re.compile(r"OPTIMIZATION - POINT\s+(\d+)")
+_ELASTIC = re.compile(r"^[ \t]+ELASTIC CALCULATION[ \t]*$", re.M)
+_FREQUENCY = re.compile(r"^[ \t]+FREQUENCY CALCULATION[ \t]*$", re.M)
+_OPT_MARK = re.compile(
+    r"OPTOPTOPTOPT|\* OPT END -|STARTING GEOMETRY OPTIMIZATION|OPTIMIZATION - POINT"
+)
+_ECHO = re.compile(r"^[ \t]*(OPTGEOM|FREQCALC|ELASTCON)[ \t]*$", re.M)
+_GAP_EVENTS = re.compile(
+    r"^[ \t]*(?:"
+    r"(?P<hdr>ALPHA|BETA)[ \t]+ELECTRONS[ \t]*$"
+    r"|(?:IN)?DIRECT ENERGY BAND GAP:[ \t]*(?P<gap>-?\d+\.\d+)"
+    r"|(?P<which>ALPHA |BETA )?BAND GAP:[ \t]*(?P<sgap>-?\d+\.\d+)"
+    r"|(?P<cond>POSSIBLY CONDUCTING STATE)"
+    r"|(?P<lock>SPIN LOCKING: NO ENERGY GAP)"
+    r"|(?P<optend>\* OPT END -)"
+    r"|(?P<fermi>FERMI ENERGY:)"
+    r")",
+    re.M,
+)
+_FERMI = re.compile(
+    r"EFERMI\(AU\)\s+(?P<au>[-+0-9.E]+)"
+    r"|^[ \t]+FERMI ENERGY:\s+(?P<ha>[-+0-9.E]+)\s+Ha"
+    r"|FERMI ENERGY\s+(?P<hdr>[-+0-9.E]+)[ \t]*$",
+    re.M,
+)
+_TOTAL_CPU = re.compile(r"TOTAL CPU TIME =\s+([0-9.]+)")
+_TCPU = re.compile(r"TCPU\s+([0-9.]+)")
+_WARNING = re.compile(r"^.*WARNING \*\*\*\*.*$", re.M)
+_FINAL_GEOMETRY = "FINAL OPTIMIZED GEOMETRY - DIMENSIONALITY OF THE SYSTEM"
+_CELL_VALUES = re.compile(
+    r"A\s+B\s+C\s+ALPHA\s+BETA\s+GAMMA[^\n]*\n\s*"
+    r"([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)"
+)
+_ATOM_LINE = re.compile(
+    r"^\s*\d+\s+[TF]\s+(\d+)\s+([A-Z][A-Z]?)\s+(\S+)\s+(\S+)\s+(\S+)[ \t]*$", re.M
+)
+_ATOM_HEADER = re.compile(r"ATOM\s+(X\S*)\s+(Y\S*)\s+(Z\S*)")
+_SCF_START = re.compile(r"^ CYC +\d+ ", re.M)
+_MAX_WARNINGS = 30
+
+
+@attrs.frozen
+class Run:
+    """One program run inside the file: where it starts, its program and version."""
+
+    header_start: int  # start of the text that belongs to this run (wrapper lines included)
+    banner: int  # position of the ' *   CRYSTALnn   *' line
+    end: int  # end of this run's text
+    family: str  # "CRYSTAL17"
+    version: str | None
+    is_properties: bool
+
+    @property
+    def program(self) -> str:
+        middle = " properties" if self.is_properties else ""
+        version = f" {self.version}" if self.version else ""
+        return f"{self.family}{middle}{version}"
+
+
+def detect(text: str) -> bool:
+    """True only for outputs of CRYSTAL's crystal or properties programs.
+
+    The banner line ``*   CRYSTALnn   *`` plus the program's start stamp or its
+    authors box is required, so a scheduler log or a path naming CRYSTAL is not enough.
+    """
+    head = text[:200_000]
+    if _BANNER.search(head) is None:
+        return False
+    return "EEEEEEEEEE STARTING" in text or "MAIN AUTHORS" in head
+
+
+def _last_match(regex: re.Pattern[str], text: str, start: int = 0,
+                end: int | None = None) -> re.Match[str] | None:
+    last = None
+    for last in regex.finditer(text, start, len(text) if end is None else end):  # noqa: B007
+        pass
+    return last
+
+
+def _version(text: str, banner: int) -> str | None:
+    window_end = text.find("EEEEEEEEEE STARTING", banner)
+    if window_end == -1 or window_end - banner > 6000:
+        window_end = banner + 3000
+    window = text[banner:window_end]
+    m = _PUBLIC.search(window)
+    if m:
+        return m.group(1)
+    m = _VSTRING.search(window)
+    if m:
+        return ".".join(m.groups())
+    m = _RELEASE.search(window)
+    return m.group(1) if m else None
+
+
+def split_runs(text: str) -> list[Run]:
+    """The runs in ``text``, one per CRYSTAL banner, in order."""
+    banners = list(_BANNER.finditer(text))
+    runs: list[Run] = []
+    for i, m in enumerate(banners):
+        end = banners[i + 1].start() if i + 1 < len(banners) else len(text)
+        if i == 0:
+            header_start = 0
+        else:
+            term = text.rfind(patterns.TERMINATION, runs[-1].banner, m.start())
+            header_start = (text.find("\n", term) + 1) if term != -1 else m.start()
+            runs[-1] = attrs.evolve(runs[-1], end=header_start)
+        body = text[m.start():end]
+        header = text[header_start:m.start()]
+        if "CRYSTAL - PROPERTIES" in body or "init_properties" in body:
+            is_properties = True
+        elif "CRYSTAL - SCF - TYPE OF CALCULATION" in body:
+            is_properties = False
+        else:
+            is_properties = "properties" in header.lower()
+        runs.append(
+            Run(
+                header_start=header_start,
+                banner=m.start(),
+                end=end,
+                family=f"CRYSTAL{m.group(1)}",
+                version=_version(text, m.start()),
+                is_properties=is_properties,
+            )
+        )
+    return runs
+
+
+def _calculation(text: str, run: Run) -> str:
+    if run.is_properties:
+        return "PROPERTIES"
+    body = text[run.header_start:run.end]
+    echoed = {m.group(1) for m in _ECHO.finditer(body)}
+    if _ELASTIC.search(body) or "ELASTCON" in echoed:
+        return "ELASTIC"
+    if _FREQUENCY.search(body) or "FREQCALC" in echoed:
+        return "FREQ"
+    if _OPT_MARK.search(body) or "OPTGEOM" in echoed:
+        return "OPT"
+    return "SP"
+
+
+def band_gap_ev(text: str) -> float | None:
+    """The band gap in eV by the corpus rule (see the module docstring), or None."""
+    gap: float | None = None
+    pending_alpha: float | None = None
+    spin: str | None = None
+    for m in _GAP_EVENTS.finditer(text):
+        if m.group("hdr"):
+            spin = m.group("hdr").lower()
+            if spin == "alpha":
+                pending_alpha = None
+        elif m.group("gap") is not None or m.group("sgap") is not None:
+            value = float(m.group("gap") if m.group("gap") is not None else m.group("sgap"))
+            which = (m.group("which") or "").strip().lower() or spin
+            if which == "alpha":
+                pending_alpha = value
+                gap = value
+            elif which == "beta":
+                gap = value if pending_alpha is None else min(pending_alpha, value)
+                pending_alpha = None
+                spin = None
+            else:
+                gap = value
+        else:  # conducting, spin-locked, OPT END, or a Fermi-energy summary: no gap (yet)
+            gap = None
+            pending_alpha = None
+            spin = None
+    return gap
+
+
+def fermi_energy_ha(text: str) -> float | None:
+    """The last Fermi energy printed (Hartree), whatever line printed it."""
+    last = _last_match(_FERMI, text)
+    if last is None:
+        return None
+    value = last.group("au") or last.group("ha") or last.group("hdr")
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _final_geometry(text: str, start: int, end: int) -> dict[str, Any] | None:
+    pos = text.rfind(_FINAL_GEOMETRY, start, end)
+    if pos == -1:
+        return None
+    line_end = text.find("\n", pos)
+    dim = int(text[pos + len(_FINAL_GEOMETRY):line_end].split()[0])
+    asym = text.find("ATOMS IN THE ASYMMETRIC UNIT", pos, end)
+    stop = text.find("\n\n", asym, end) if asym != -1 else -1
+    block = text[pos:stop if stop != -1 else end]
+    geometry: dict[str, Any] = {"dimensionality": dim}
+    cell = _CELL_VALUES.search(block)
+    if cell and dim > 0:
+        geometry["lattice"] = dict(
+            zip(("a", "b", "c", "alpha", "beta", "gamma"), map(float, cell.groups()), strict=True)
+        )
+    header = _ATOM_HEADER.search(block)
+    if header:
+        geometry["coordinates"] = [
+            "angstrom" if "ANGSTROM" in col else "fractional" for col in header.groups()
+        ]
+    geometry["atoms"] = [
+        {"z": int(z), "symbol": sym.capitalize(), "position": [float(x), float(y), float(zz)]}
+        for z, sym, x, y, zz in _ATOM_LINE.findall(block)
+    ]
+    return geometry
+
+
+def _warnings(text: str, start: int) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for m in _WARNING.finditer(text, start):
+        seen.setdefault(m.group(0).strip(), None)
+        if len(seen) >= _MAX_WARNINGS:
+            break
+    return tuple(seen)
+
+
+def _classify(text: str, start: int) -> tuple[str, str | None, tuple[Finding, ...]]:
+    """(status, error_kind, findings) for the run whose text starts at ``start``."""
+    findings = patterns.find_errors(text, start)
+    if findings:
+        return "error", patterns.root_cause(findings), tuple(findings)
+    terminated = text.find(patterns.TERMINATION, start) != -1
+    unclassified = patterns.unclassified_errors(text, start)
+    if unclassified and not terminated:
+        line_no, line = unclassified[0]
+        scf = _SCF_START.search(text, start)
+        before_scf = scf is None or text.count("\n", 0, scf.start()) + 1 > line_no
+        kind = "input_error" if before_scf else "truncated"
+        return "error", kind, (Finding(kind, line_no, line, "unclassified_error"),)
+    if not terminated:
+        tail = text.rstrip()
+        last_line = tail[tail.rfind("\n") + 1:].strip()
+        line_no = tail.count("\n") + 1
+        return "error", "truncated", (Finding("truncated", line_no, last_line, "no_termination"),)
+    return "ok", None, ()
+
+
+def _energy(text: str, run: Run, calculation: str) -> tuple[float | None, dict[str, Any]]:
+    body_start, body_end = run.header_start, run.end
+    props: dict[str, Any] = {}
+    scf = _last_match(_SCF_ENDED, text, body_start, body_end)
+    opt = _last_match(_OPT_END, text, body_start, body_end)
+    if scf is not None:
+        props["scf_converged"] = "CONVERGENCE" in scf.group("status")
+        props["scf_cycles"] = int(scf.group("n"))
+    if opt is not None:
+        props["opt_converged"] = opt.group("status") == "CONVERGED"
+        props["opt_points"] = int(opt.group("n"))
+    elif calculation == "OPT":
+        points = _OPT_POINT.findall(text, body_start, body_end)
+        props["opt_converged"] = False
+        props["opt_points"] = max((int(p) for p in points), default=0)
+    chosen = opt if (calculation == "OPT" and opt is not None) else scf
+    return (float(chosen.group("e")) if chosen is not None else None), props
+
+
+def _cpu_time(text: str, run: Run) -> float | None:
+    last = _last_match(_TOTAL_CPU, text, run.header_start, run.end)
+    if last is None:
+        last = _last_match(_TCPU, text, run.header_start, run.end)
+    return float(last.group(1)) if last is not None else None
+
+
+def _no_banner(text: str) -> ParseResult:
+    findings = patterns.find_errors(text)
+    if findings:
+        return ParseResult(
+            code=PARSER_NAME, program=None, calculation=None, status="error",
+            error_kind=patterns.root_cause(findings), errors=tuple(findings),
+            parser=f"{PARSER_NAME}/{PARSER_VERSION}",
+        )
+    if not text.strip():
+        return ParseResult(
+            code=PARSER_NAME, program=None, calculation=None, status="error",
+            error_kind="truncated",
+            errors=(Finding("truncated", 1, "", "empty_output"),),
+            parser=f"{PARSER_NAME}/{PARSER_VERSION}",
+        )
+    raise ValueError("not a CRYSTAL output: no CRYSTAL banner and no known CRYSTAL error message")
+
+
+def parse_output(text: str) -> ParseResult:
+    """The interpretation of one CRYSTAL output text (see the module docstring)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    runs = split_runs(text)
+    if not runs:
+        return _no_banner(text)
+    last = runs[-1]
+    calculation = _calculation(text, last)
+    crystal_runs = [r for r in runs if not r.is_properties]
+    properties: dict[str, Any] = {"runs": [r.program for r in runs]}
+    energy = None
+    if crystal_runs:
+        crun = crystal_runs[-1]
+        ccalc = calculation if crun is last else _calculation(text, crun)
+        energy, energy_props = _energy(text, crun, ccalc)
+        properties.update(energy_props)
+        geometry = _final_geometry(text, crun.header_start, crun.end)
+        if geometry is not None:
+            properties["final_geometry"] = geometry
+    status, kind, findings = _classify(text, last.header_start)
+    gap = band_gap_ev(text)
+    fermi = fermi_energy_ha(text)
+    if fermi is not None:
+        properties["fermi_energy_ha"] = fermi
+        properties["fermi_energy_ev"] = fermi * HARTREE_EV
+    cpu = _cpu_time(text, last)
+    if cpu is not None:
+        properties["cpu_time_s"] = cpu
+    return ParseResult(
+        code=PARSER_NAME,
+        program=last.program,
+        calculation=calculation,
+        status=status,
+        error_kind=kind,
+        errors=findings,
+        energy=energy,
+        energy_unit="Ha" if energy is not None else None,
+        energy_ev=energy * HARTREE_EV if energy is not None else None,
+        band_gap_ev=gap,
+        warnings=_warnings(text, 0),
+        properties=properties,
+        parser=f"{PARSER_NAME}/{PARSER_VERSION}",
+    )

@@ -1,0 +1,165 @@
+"""From a finished job's files to interpretation events.
+
+The observation (the completion record) is already in the log as JobFinished;
+here the step's main output is read and handed to its code plugin, whose
+verdict, with the parser's version, becomes CalculationSucceeded (plus
+PropertiesExtracted) or CalculationFailed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from eventflow.core import commands as cmd
+from eventflow.codes.slurm import kind_from_state
+from eventflow.core import events as ev
+from eventflow.core.policy import PolicyConfig
+from eventflow.core.state import CalcState, MaterialState
+from eventflow.shell.project import Project
+
+MAX_OUTPUT_BYTES = 256 * 1024 * 1024
+
+UNITS = (
+    ("_ev_per_ang", "eV/Å"), ("_ev", "eV"), ("_ang3", "Å^3"), ("_ang", "Å"), ("_kbar", "kbar"),
+    ("_g_cm3", "g/cm^3"), ("_deg", "°"), ("_ha", "Ha"), ("_ry", "Ry"), ("_s", "s"),
+    ("_bohr_mag", "μB/cell"), ("_mu_b", "μB"),
+)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        if path.stat().st_size > MAX_OUTPUT_BYTES:
+            with path.open("rb") as handle:  # the end says how it ended; keep the head too
+                head = handle.read(MAX_OUTPUT_BYTES // 2)
+                handle.seek(-MAX_OUTPUT_BYTES // 2, 2)
+                return (head + b"\n" + handle.read()).decode("utf-8", errors="replace")
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def unit_of(name: str) -> str:
+    for suffix, unit in UNITS:
+        if name.endswith(suffix):
+            return unit
+    return ""
+
+
+def as_properties(values: dict[str, Any]) -> dict[str, Any]:
+    """The scalar, finite values of a parse, named with their units."""
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        out[name] = {"value": value, "unit": unit_of(name)}
+    return out
+
+
+def interpret(
+    project: Project,
+    plugins: dict[str, Any],
+    state: MaterialState,
+    calc: CalcState,
+    record: dict[str, Any],
+    params: dict[str, Any],
+    scheduler_kind: str | None = None,
+) -> list[ev.Event]:
+    """Interpretation events for a finished job. ``scheduler_kind`` is what the scheduler says
+    ended it (cancelled, out_of_memory, node_failure, walltime), when it ended by a signal."""
+    plugin = plugins.get(state.code)
+    if plugin is None:
+        return [ev.CalculationFailed(calc.id, "input_error",
+                                     [{"line": 0, "text": f"no plugin for code {state.code!r}"}],
+                                     "eventflow")]
+    folder = project.root / calc.directory
+    text = _read(folder / plugin.main_output(calc.step))
+    exit_code = record.get("exit_code")
+    time_limit = record.get("reason") == "time_limit"
+    if hasattr(plugin, "interpret"):
+        result = plugin.interpret(text, exit_code, params)
+    elif text is None:
+        kind = "walltime" if time_limit else "missing_file"
+        return [ev.CalculationFailed(
+            calc.id, kind,
+            [{"line": 0, "text": f"no output {plugin.main_output(calc.step)} (exit {exit_code})"}],
+            getattr(plugin, "parser_version", plugin.name))]
+    else:
+        result = plugin.parse(text)
+    parser = result.parser or getattr(plugin, "parser_version", plugin.name)
+    kind = result.error_kind
+    if time_limit and kind in (None, "truncated"):
+        kind = "walltime"
+    elif scheduler_kind is not None and kind in (None, "truncated") and exit_code not in (0, None):
+        kind = scheduler_kind
+    elif scheduler_kind is not None and result.status == "ok" and exit_code not in (0, None):
+        kind = scheduler_kind
+    evidence = [f.to_dict() for f in result.errors]
+    if scheduler_kind is not None and kind == scheduler_kind:
+        evidence.append({"line": 0, "text": f"the scheduler ended the job: {scheduler_kind}"})
+    if result.status != "ok" or kind is not None:
+        return [ev.CalculationFailed(calc.id, kind or "truncated", evidence, parser)]
+    if exit_code not in (0, None):
+        return [ev.CalculationFailed(
+            calc.id, "truncated",
+            [{"line": 0, "text": f"the job exited with {exit_code} after a complete output"}],
+            parser)]
+    problems = list(getattr(plugin, "sanity_problems", lambda r: [])(result))
+    if problems:
+        return [ev.ResultRejected(calc.id, problems, parser),
+                ev.CalculationFailed(calc.id, "unphysical_result",
+                                     [{"line": 0, "text": p} for p in problems], parser)]
+    values = dict(result.properties)
+    if result.energy_ev is not None:
+        values.setdefault("total_energy_ev", result.energy_ev)
+    if result.band_gap_ev is not None:
+        values.setdefault("band_gap_ev", result.band_gap_ev)
+    events: list[ev.Event] = []
+    props = as_properties(values)
+    if props:
+        events.append(ev.PropertiesExtracted(calc.id, props, parser))
+    events.append(ev.CalculationSucceeded(
+        calc.id, parser, {"program": result.program, "calculation": result.calculation}))
+    return events
+
+
+def classify_lost(
+    project: Project, calc: CalcState, sched_state: str | None, plugins: dict[str, Any]
+) -> tuple[str | None, list[str]]:
+    """Why a job left the queue without a record: its scheduler state, else its log file."""
+    evidence: list[str] = []
+    kind = None
+    slurm = plugins.get("slurm")
+    if slurm is not None and sched_state:
+        kind = kind_from_state(sched_state)
+        evidence.append(f"scheduler state {sched_state}")
+    folder = project.root / calc.directory
+    if slurm is not None and calc.job_id:
+        for log in (folder / f"slurm-{calc.job_id}.out", folder / f"slurm-{calc.job_id}.err"):
+            text = _read(log) if log.is_file() else None
+            if text:
+                result = slurm.parse(text)
+                if result.error_kind:
+                    kind = kind or result.error_kind
+                    evidence.extend(f"{log.name}:{f.line}: {f.text}" for f in result.errors)
+    return kind, evidence
+
+
+def after_wait(state: MaterialState, policy: PolicyConfig) -> list[cmd.Command]:
+    """When a recovery's wait is over: request the step the recovery decided on."""
+    for calc in reversed(list(state.calcs.values())):
+        decision = calc.recovery
+        if decision is not None and decision.action == "wait":
+            if state.latest(calc.step) is not calc:
+                return []
+            return [cmd.RequestStep(
+                state.id, calc.step, len(state.attempts(calc.step)) + 1,
+                changes={**calc.changes, **decision.changes},
+                resources={**calc.resources, **decision.resources},
+                reason=f"recovery: {decision.error_kind} after waiting: {decision.reason}",
+                restart_from=calc.id,
+            )]
+    return []

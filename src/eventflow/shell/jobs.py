@@ -1,0 +1,142 @@
+"""Writing a calculation's job folder: inputs, handed-on files, and the job script.
+
+The folder is ``calcs/<material>/<step>/<attempt>/``, unique by construction.
+Writing it is idempotent (the same request always writes the same files), so
+a retry after a crash simply writes it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from eventflow.core.jobscript import JobSpec, Resources, render_job_script
+from eventflow.core.policy import PolicyConfig
+from eventflow.core.state import CalcState, MaterialState
+from eventflow.errors import EventflowError
+from eventflow.resources import data_text
+from eventflow.shell.parsing import plugins
+from eventflow.shell.project import Project
+
+RECORD = "eventflow-done.json"
+
+
+def job_name(calculation_id: str) -> str:
+    """The scheduler job name of a calculation: it carries the request's identity."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", lambda m: f"_{ord(m.group()):x}", calculation_id.replace(
+        "/", "."))
+    return f"ef.{safe}"
+
+
+def read_completion(path: Path) -> dict[str, Any] | None:
+    """The completion record, or None while it is absent or half-written."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return None
+    except OSError:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class JobWriter:
+    def __init__(self, project: Project, policy: PolicyConfig) -> None:
+        self.project = project
+        self.policy = policy
+        self.template = data_text("slurm", "job.sh.tmpl")
+        self._plugins = plugins()
+        self._code_defaults: dict[str, dict[str, Any]] = {}
+
+    def step_order(self, state: MaterialState) -> dict[str, int]:
+        workflow = self.policy.workflows.get(state.workflow)
+        return {name: i for i, name in enumerate(workflow.order())} if workflow else {}
+
+    def _step(self, state: MaterialState, step: str) -> Any:
+        workflow = self.policy.workflows.get(state.workflow)
+        return workflow.steps.get(step) if workflow else None
+
+    def params_for(self, state: MaterialState, calc: CalcState) -> dict[str, Any]:
+        """Code defaults < step params < material params < this attempt's changes."""
+        step = self._step(state, calc.step)
+        params: dict[str, Any] = dict(self.code_defaults(state.code))
+        params.update(dict(step.params) if step is not None else {})
+        params.update(state.params)
+        params.update(calc.changes)
+        return params
+
+    def code_defaults(self, code: str) -> dict[str, Any]:
+        if code not in self._code_defaults:
+            doc = self.project.config("codes.yaml") if code else {}
+            self._code_defaults[code] = dict((doc or {}).get(code) or {})
+        return self._code_defaults[code]
+
+    def resources_for(self, state: MaterialState, calc: CalcState) -> Resources:
+        step = self._step(state, calc.step)
+        base = dict(step.resources) if step is not None else {}
+        base.update(calc.resources)
+        source = f"{self.project.config_path('workflows.yaml')}: step {calc.step}"
+        return Resources.from_mapping(base, source=source)
+
+    def structure_path(self, state: MaterialState) -> Path:
+        folder = self.project.inside(Path("calcs") / state.id)
+        for candidate in sorted(folder.glob("structure.*")):
+            return candidate
+        raise EventflowError(f"{folder}: the material's structure file is missing")
+
+    def write(self, state: MaterialState, calc: CalcState) -> Path:
+        """Write the job folder of ``calc`` and return the path of its job script."""
+        plugin = self._plugins.get(state.code)
+        if plugin is None:
+            raise EventflowError(f"no plugin for code {state.code!r}")
+        folder = self.project.inside(calc.directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        params = self.params_for(state, calc)
+        prepare = getattr(plugin, "prepare", None)
+        if prepare is not None:
+            from eventflow.shell.handoff import prepare_inputs
+
+            files, commands = prepare_inputs(self.project, plugin, state, calc, params, folder)
+        else:
+            files = {}
+            commands = plugin.job_commands(calc.step, params)
+        for name, text in files.items():
+            write_atomic(folder / name, text)
+        spec = JobSpec(
+            job_dir=str(folder),
+            idempotency_key=job_name(calc.id),
+            commands=commands,
+            resources=self.resources_for(state, calc),
+        )
+        script = folder / "job.sh"
+        write_atomic(script, render_job_script(self.template, spec))
+        script.chmod(0o755)
+        return script
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest, symlinks=True)

@@ -1,0 +1,164 @@
+"""Exactly-once submission against the real SLURM cluster.
+
+Ten jobs finish at the same moment while ten `eventflow watch --once` run at
+once; a watcher is killed -9 at each point of the submit path. Counted in the
+log and in the scheduler itself. The jobs run the `noop` code (a plain command),
+so these tests are about orchestration, not about a DFT program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eventflow.shell.api import Tracker
+from eventflow.shell.jobs import job_name
+from eventflow.shell.scheduler import SlurmScheduler
+
+SI = Path(__file__).resolve().parents[1] / "data" / "structures" / "Si.cif"
+pytestmark = pytest.mark.slurm
+
+
+def eventflow(project: Path, *args: str, env: dict | None = None,
+              check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "eventflow.shell.cli", "--project", str(project),
+                           *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"eventflow {args} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def unique(name: str) -> str:
+    """Job names must not collide with jobs of earlier runs that SLURM still remembers."""
+    return f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
+
+
+def slurm_project(tmp_path: Path) -> Path:
+    project = tmp_path / "proj"
+    Tracker.init(project).close()
+    (project / "config" / "cluster.yaml").write_text("executor: slurm\nmax_jobs: 100\n"
+                                                     "max_submit: 100\n")
+    return project
+
+
+def count(project: Path, type_: str, like: str = "%") -> int:
+    with Tracker.open(project) as t:
+        return t.store.db.execute(
+            "SELECT count(*) FROM events WHERE type = ? AND data LIKE ?", (type_, like)
+        ).fetchone()[0]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_ten_simultaneous_finishes_and_ten_watchers_give_ten_follow_ups(
+    tmp_path: Path, need_slurm: None
+) -> None:
+    project = slurm_project(tmp_path)
+    go = tmp_path / "go"
+    waiter = ["bash", "-c", f"while [ ! -e {go} ]; do sleep 0.2; done"]
+    mids = [unique(f"m{i}") for i in range(10)]
+    with Tracker.open(project) as t:
+        for mid in mids:
+            t.create_material(SI, material_id=mid, workflow="test", code="noop",
+                              params={"command": waiter})
+    eventflow(project, "watch", "--once", "--quiet")
+    assert count(project, "JobSubmitted") == 10
+    slurm = SlurmScheduler()
+
+    def all_running() -> bool:
+        infos = [slurm.find(job_name(f"{m}/A/1")) for m in mids]
+        return all(len(i) == 1 and i[0].state == "RUNNING" for i in infos)
+
+    wait_for(all_running, 120, "10 jobs running at once")
+    go.touch()  # all ten finish now
+    wait_for(lambda: all((project / "calcs" / m / "A" / "1" / "eventflow-done.json").exists()
+                         for m in mids), 60, "10 completion records")
+    watchers = [subprocess.Popen([sys.executable, "-m", "eventflow.shell.cli", "--project",
+                                  str(project), "watch", "--once", "--quiet"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(10)]
+    for w in watchers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+    # The B jobs may finish (and be ingested by a later watcher) within this window too.
+    assert count(project, "JobFinished", '%/A/1"%') == 10
+    assert count(project, "CalculationSucceeded", '%/A/1"%') == 10
+    assert count(project, "JobFinished", '%/B/1"%') <= 10
+    assert count(project, "SubmissionRequested", '%"step":"B"%') == 10
+    assert count(project, "JobSubmitted", '%/B/1"%') == 10
+    for mid in mids:  # and SLURM itself has exactly one job per follow-up
+        assert len(slurm.find(job_name(f"{mid}/B/1"))) == 1, mid
+    with Tracker.open(project) as t:
+        _, problems = t.store.verify_chain()
+        assert problems == []
+
+
+@pytest.mark.parametrize("point", ["before_sbatch", "after_sbatch", "after_record"])
+def test_a_watcher_killed_in_the_submit_path_never_loses_or_doubles_a_job(
+    tmp_path: Path, need_slurm: None, point: str
+) -> None:
+    project = slurm_project(tmp_path)
+    mid = unique(f"crash-{point.replace('_', '-')}")
+    with Tracker.open(project) as t:
+        t.create_material(SI, material_id=mid, workflow="single", code="noop",
+                          params={"command": ["sleep", "2"]})
+    crashed = eventflow(project, "watch", "--once", "--quiet",
+                        env={"EVENTFLOW_TEST_CRASH_AT": point}, check=False)
+    assert crashed.returncode == -9, crashed.stderr  # really killed at that point
+    eventflow(project, "watch", "--once", "--quiet")  # restart: takes over the stale lock
+    slurm = SlurmScheduler()
+    jobs = slurm.find(job_name(f"{mid}/SP/1"))
+    assert len(jobs) == 1, f"{point}: {jobs}"
+    with Tracker.open(project) as t:
+        calc = t.state(mid).calcs[f"{mid}/SP/1"]
+        assert calc.job_id == jobs[0].job_id
+    assert count(project, "JobSubmitted") == 1
+    wait_for(lambda: (project / "calcs" / mid / "SP" / "1" / "eventflow-done.json").exists(),
+             120, "the job to finish")
+    eventflow(project, "watch", "--once", "--quiet")
+    status = json.loads(eventflow(project, "status", "--json").stdout)
+    assert status["materials"][0]["state"] == "completed"
+
+
+def test_scancel_and_a_failing_script_are_recorded_with_their_reasons(
+    tmp_path: Path, need_slurm: None
+) -> None:
+    project = slurm_project(tmp_path)
+    cancelme, fails = unique("cancelme"), unique("fails")
+    with Tracker.open(project) as t:
+        t.create_material(SI, material_id=cancelme, workflow="single", code="noop",
+                          params={"command": ["sleep", "300"]})
+        t.create_material(SI, material_id=fails, workflow="single", code="noop",
+                          params={"command": ["bash", "-c", "exit 3"], "fail_kind": "input_error"})
+    eventflow(project, "watch", "--once", "--quiet")
+    slurm = SlurmScheduler()
+    wait_for(lambda: [j.state for j in slurm.find(job_name(f"{cancelme}/SP/1"))] == ["RUNNING"],
+             60, "the job to run")
+    job = slurm.find(job_name(f"{cancelme}/SP/1"))[0].job_id
+    subprocess.run(["scancel", job], check=True)
+    wait_for(lambda: (project / "calcs" / cancelme / "SP" / "1" / "eventflow-done.json")
+             .exists() and (project / "calcs" / fails / "SP" / "1" / "eventflow-done.json")
+             .exists(), 60, "completion records")
+    wait_for(lambda: slurm.states([job])[job].state == "CANCELLED", 30, "CANCELLED")
+    eventflow(project, "watch", "--once", "--quiet")
+    with Tracker.open(project) as t:
+        cancelled = t.state(cancelme).calcs[f"{cancelme}/SP/1"]
+        failed = t.state(fails).calcs[f"{fails}/SP/1"]
+        assert (cancelled.state, cancelled.error_kind) == ("failed", "cancelled")
+        assert (failed.state, failed.error_kind, failed.exit_code) == ("failed", "input_error", 3)
+        finished = [r.event for r in t.store.read(stream=fails, types=["JobFinished"])]
+        assert finished[0].exit_code == 3 and finished[0].reason == "command_failed"
