@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventflow.codes.qe import PLUGIN
 from eventflow.codes.qe.parse import parse, sanity_problems
@@ -144,6 +146,35 @@ def test_sanity_flags_overflowed_forces_and_energy() -> None:
     assert any("exceeds 1000" in r for r in reasons)
     assert any(r.startswith("energy is not finite") for r in reasons)
     assert sanity_problems(parse(text)) == []
+
+
+_REAL = [
+    "pw66_vcrelax_converged.out",
+    "pw73_tio2_relax_converged.out",
+    "pw53_si_md.out",
+    "pw70_graphene_bands_FAILED_missing_save.out",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(_REAL), st.floats(0.0, 1.0), st.lists(st.integers(0, 10**6), max_size=5))
+def test_parse_never_fails_on_cut_or_damaged_real_outputs(
+    name: str, fraction: float, dropped: list[int]
+) -> None:
+    """Derived: real outputs cut anywhere and with random lines removed still parse;
+    without 'JOB DONE.' the verdict is always an error."""
+    lines = _corpus(name).splitlines()
+    lines = lines[: int(len(lines) * fraction)]
+    for index in dropped:
+        if lines:
+            del lines[index % len(lines)]
+    text = "\n".join(lines)
+    result = parse(text)
+    assert result.status in {"ok", "error"}
+    assert (result.status == "error") == (result.error_kind is not None)
+    if "JOB DONE." not in text:
+        assert result.status == "error"
+    sanity_problems(result)
 
 
 def test_detect() -> None:

@@ -131,6 +131,18 @@ class SubmissionRequested(Event):
 
 @event
 @attrs.frozen
+class InputsPrepared(Event):
+    """Observation: the job folder was written; checksums of its inputs and of what was handed
+    on from earlier calculations (``handed``: name -> {from, sha256})."""
+
+    TYPE = "InputsPrepared"
+    calculation_id: str
+    files: dict[str, str] = _dict()  # name -> sha256
+    handed: dict[str, Any] = _dict()
+
+
+@event
+@attrs.frozen
 class JobSubmitted(Event):
     TYPE = "JobSubmitted"
     calculation_id: str

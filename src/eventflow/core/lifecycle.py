@@ -74,6 +74,7 @@ CALCULATION_ACTIVE = ("requested", "submitted", "running")
 CALCULATION_TRANSITIONS: tuple[dict[str, Any], ...] = (
     {"trigger": "SubmissionRequested", "source": "new", "dest": "requested"},
     {"trigger": "SubmissionFailed", "source": "requested", "dest": "requested"},
+    {"trigger": "InputsPrepared", "source": "requested", "dest": "requested"},
     {"trigger": "JobSubmitted", "source": "requested", "dest": "submitted"},
     {"trigger": "JobStarted", "source": "submitted", "dest": "running"},
     {"trigger": "JobStarted", "source": "running", "dest": "running"},

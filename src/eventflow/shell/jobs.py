@@ -24,6 +24,8 @@ from eventflow.shell.parsing import plugins
 from eventflow.shell.project import Project
 
 RECORD = "eventflow-done.json"
+# Parameters the shell uses itself; the code plugin never sees them.
+SHELL_PARAMS = frozenset({"launcher"})
 
 
 def job_name(calculation_id: str) -> str:
@@ -88,9 +90,15 @@ class JobWriter:
         return params
 
     def code_defaults(self, code: str) -> dict[str, Any]:
+        """Per-code parameters from the project's config (QE: the pseudopotential table)."""
         if code not in self._code_defaults:
-            doc = self.project.config("codes.yaml") if code else {}
-            self._code_defaults[code] = dict((doc or {}).get(code) or {})
+            defaults: dict[str, Any] = {}
+            if code == "qe":
+                table = self.project.config("pseudopotentials.yaml")
+                defaults["pseudopotentials"] = table
+                defaults["pseudo_dir"] = os.path.expandvars(
+                    str(table.get("pseudo_dir") or "/usr/share/espresso/pseudo"))
+            self._code_defaults[code] = defaults
         return self._code_defaults[code]
 
     def resources_for(self, state: MaterialState, calc: CalcState) -> Resources:
@@ -106,34 +114,42 @@ class JobWriter:
             return candidate
         raise EventflowError(f"{folder}: the material's structure file is missing")
 
-    def write(self, state: MaterialState, calc: CalcState) -> Path:
-        """Write the job folder of ``calc`` and return the path of its job script."""
+    def write(self, state: MaterialState, calc: CalcState) -> tuple[Path, Any]:
+        """Write the job folder of ``calc``; return its job script and the InputsPrepared event."""
+        from eventflow.shell.handoff import inputs_event, prepare_inputs
+
         plugin = self._plugins.get(state.code)
         if plugin is None:
             raise EventflowError(f"no plugin for code {state.code!r}")
         folder = self.project.inside(calc.directory)
         folder.mkdir(parents=True, exist_ok=True)
         params = self.params_for(state, calc)
-        prepare = getattr(plugin, "prepare", None)
-        if prepare is not None:
-            from eventflow.shell.handoff import prepare_inputs
-
-            files, commands = prepare_inputs(self.project, plugin, state, calc, params, folder)
+        resources = self.resources_for(state, calc)
+        handed: dict[str, Any] = {}
+        if hasattr(plugin, "run_sequence"):
+            code_params = {k: v for k, v in params.items() if k not in SHELL_PARAMS}
+            files, commands, handed = prepare_inputs(
+                self.project, plugin, state, calc, code_params, folder,
+                self._step(state, calc.step), resources, self.structure_path(state),
+                launcher=params.get("launcher") or [],
+            )
         else:
             files = {}
             commands = plugin.job_commands(calc.step, params)
+        if calc.changes and files:
+            files = plugin.apply_changes(files, calc.changes)
         for name, text in files.items():
             write_atomic(folder / name, text)
         spec = JobSpec(
             job_dir=str(folder),
             idempotency_key=job_name(calc.id),
             commands=commands,
-            resources=self.resources_for(state, calc),
+            resources=resources,
         )
         script = folder / "job.sh"
         write_atomic(script, render_job_script(self.template, spec))
         script.chmod(0o755)
-        return script
+        return script, inputs_event(calc, files, handed)
 
 
 def copy_tree(src: Path, dest: Path) -> None:

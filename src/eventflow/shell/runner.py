@@ -257,10 +257,11 @@ class Runner:
 
     def _submit(self, state: MaterialState, calc: CalcState, report: CycleReport) -> None:
         try:
-            script = self.writer.write(state, calc)
-        except EventflowError as exc:
+            script, prepared = self.writer.write(state, calc)
+        except (EventflowError, OSError) as exc:
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
             return
+        self._append(state.id, [prepared], key=f"inputs:{calc.id}")
         _crash_point("before_sbatch")
         try:
             job_id = self.scheduler.submit(script, job_name(calc.id), script.parent)

@@ -19,6 +19,7 @@ milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -42,34 +43,30 @@ _OPT_END = re.compile(
     r"\s+POINTS\s+(?P<n>\d+)"
 )
 _OPT_POINT = re.compile(r"OPTIMIZATION - POINT\s+(\d+)")
-_ELASTIC = re.compile(r"^[ \t]+ELASTIC CALCULATION[ \t]*$", re.M)
-_FREQUENCY = re.compile(r"^[ \t]+FREQUENCY CALCULATION[ \t]*$", re.M)
-_OPT_MARK = re.compile(
-    r"OPTOPTOPTOPT|\* OPT END -|STARTING GEOMETRY OPTIMIZATION|OPTIMIZATION - POINT"
+_OPT_MARKS = ("OPTOPTOPTOPT", "* OPT END -", "STARTING GEOMETRY OPTIMIZATION",
+              "OPTIMIZATION - POINT")
+# Gap events: (literal, kind). Each is found with str.find and checked on its line.
+_GAP_LITERALS = (
+    ("ELECTRONS", "hdr"),
+    ("BAND GAP:", "gap"),
+    ("POSSIBLY CONDUCTING STATE", "none"),
+    ("SPIN LOCKING: NO ENERGY GAP", "none"),
+    ("* OPT END -", "none"),
+    ("FERMI ENERGY:", "none"),
 )
-_ECHO = re.compile(r"^[ \t]*(OPTGEOM|FREQCALC|ELASTCON)[ \t]*$", re.M)
-_GAP_EVENTS = re.compile(
-    r"^[ \t]*(?:"
-    r"(?P<hdr>ALPHA|BETA)[ \t]+ELECTRONS[ \t]*$"
-    r"|(?:IN)?DIRECT ENERGY BAND GAP:[ \t]*(?P<gap>-?\d+\.\d+)"
-    r"|(?P<which>ALPHA |BETA )?BAND GAP:[ \t]*(?P<sgap>-?\d+\.\d+)"
-    r"|(?P<cond>POSSIBLY CONDUCTING STATE)"
-    r"|(?P<lock>SPIN LOCKING: NO ENERGY GAP)"
-    r"|(?P<optend>\* OPT END -)"
-    r"|(?P<fermi>FERMI ENERGY:)"
-    r")",
-    re.M,
+_HDR_LINE = re.compile(r"[ \t]*(ALPHA|BETA)[ \t]+ELECTRONS[ \t]*$")
+_GAP_LINE = re.compile(
+    r"[ \t]*(?:(?:IN)?DIRECT ENERGY |(?P<which>ALPHA |BETA ))?BAND GAP:[ \t]*(?P<v>-?\d+\.\d+)"
 )
-_FERMI = re.compile(
-    r"EFERMI\(AU\)\s+(?P<au>[-+0-9.E]+)"
-    r"|^[ \t]+FERMI ENERGY:\s+(?P<ha>[-+0-9.E]+)\s+Ha"
-    r"|FERMI ENERGY\s+(?P<hdr>[-+0-9.E]+)[ \t]*$",
-    re.M,
+_FERMI_LINES = (
+    ("EFERMI(AU)", re.compile(r"EFERMI\(AU\)\s+([-+0-9.E]+)")),
+    ("FERMI ENERGY:", re.compile(r"^[ \t]+FERMI ENERGY:\s+([-+0-9.E]+)\s+Ha")),
+    ("FERMI ENERGY ", re.compile(r"FERMI ENERGY\s+([-+0-9.E]+)[ \t]*$")),
 )
 _TOTAL_CPU = re.compile(r"TOTAL CPU TIME =\s+([0-9.]+)")
 _TCPU = re.compile(r"TCPU\s+([0-9.]+)")
-_WARNING = re.compile(r"^.*WARNING \*\*\*\*.*$", re.M)
 _FINAL_GEOMETRY = "FINAL OPTIMIZED GEOMETRY - DIMENSIONALITY OF THE SYSTEM"
+_INITIAL_GEOMETRY = "GEOMETRY FOR WAVE FUNCTION - DIMENSIONALITY OF THE SYSTEM"
 _CELL_VALUES = re.compile(
     r"A\s+B\s+C\s+ALPHA\s+BETA\s+GAMMA[^\n]*\n\s*"
     r"([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)"
@@ -112,12 +109,39 @@ def detect(text: str) -> bool:
     return "EEEEEEEEEE STARTING" in text or "MAIN AUTHORS" in head
 
 
-def _last_match(regex: re.Pattern[str], text: str, start: int = 0,
-                end: int | None = None) -> re.Match[str] | None:
-    last = None
-    for last in regex.finditer(text, start, len(text) if end is None else end):  # noqa: B007
-        pass
-    return last
+def _line_at(text: str, pos: int) -> tuple[int, str]:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return start, text[start:len(text) if end == -1 else end]
+
+
+def _last_line_match(regex: re.Pattern[str], literal: str, text: str, start: int = 0,
+                     end: int | None = None) -> re.Match[str] | None:
+    """``regex`` matched on the last line (within start..end) containing ``literal``.
+
+    ``str.rfind`` finds the line, so the cost does not grow with the number of
+    earlier matches (thousands of timing lines in a long run).
+    """
+    stop = len(text) if end is None else end
+    while True:
+        pos = text.rfind(literal, start, stop)
+        if pos == -1:
+            return None
+        line_start, line = _line_at(text, pos)
+        m = regex.search(line)
+        if m:
+            return m
+        stop = line_start
+
+
+def _lines_equal(text: str, word: str, start: int, end: int) -> bool:
+    """True if some line in start..end is ``word`` alone (spaces allowed)."""
+    pos = text.find(word, start, end)
+    while pos != -1:
+        if _line_at(text, pos)[1].strip() == word:
+            return True
+        pos = text.find(word, pos + len(word), end)
+    return False
 
 
 def _version(text: str, banner: int) -> str | None:
@@ -171,15 +195,33 @@ def split_runs(text: str) -> list[Run]:
 def _calculation(text: str, run: Run) -> str:
     if run.is_properties:
         return "PROPERTIES"
-    body = text[run.header_start:run.end]
-    echoed = {m.group(1) for m in _ECHO.finditer(body)}
-    if _ELASTIC.search(body) or "ELASTCON" in echoed:
+    a, b = run.header_start, run.end
+    if _lines_equal(text, "ELASTIC CALCULATION", a, b) or _lines_equal(text, "ELASTCON", a, b):
         return "ELASTIC"
-    if _FREQUENCY.search(body) or "FREQCALC" in echoed:
+    if _lines_equal(text, "FREQUENCY CALCULATION", a, b) or _lines_equal(text, "FREQCALC", a, b):
         return "FREQ"
-    if _OPT_MARK.search(body) or "OPTGEOM" in echoed:
+    if any(text.find(m, a, b) != -1 for m in _OPT_MARKS) or _lines_equal(text, "OPTGEOM", a, b):
         return "OPT"
     return "SP"
+
+
+def _gap_events(text: str) -> list[tuple[int, str, str]]:
+    """(line start, kind, line) of every gap-related line, in file order."""
+    events: dict[int, tuple[str, str]] = {}
+    for literal, kind in _GAP_LITERALS:
+        pos = text.find(literal)
+        while pos != -1:
+            line_start, line = _line_at(text, pos)
+            if kind == "hdr":
+                if _HDR_LINE.match(line):
+                    events[line_start] = (kind, line)
+            elif kind == "gap":
+                if _GAP_LINE.match(line):
+                    events[line_start] = (kind, line)
+            elif literal != "FERMI ENERGY:" or line.lstrip().startswith(literal):
+                events.setdefault(line_start, (kind, line))
+            pos = text.find(literal, pos + len(literal))
+    return [(k, *events[k]) for k in sorted(events)]
 
 
 def band_gap_ev(text: str) -> float | None:
@@ -187,13 +229,15 @@ def band_gap_ev(text: str) -> float | None:
     gap: float | None = None
     pending_alpha: float | None = None
     spin: str | None = None
-    for m in _GAP_EVENTS.finditer(text):
-        if m.group("hdr"):
-            spin = m.group("hdr").lower()
+    for _pos, kind, line in _gap_events(text):
+        if kind == "hdr":
+            spin = line.split()[0].lower()
             if spin == "alpha":
                 pending_alpha = None
-        elif m.group("gap") is not None or m.group("sgap") is not None:
-            value = float(m.group("gap") if m.group("gap") is not None else m.group("sgap"))
+        elif kind == "gap":
+            m = _GAP_LINE.match(line)
+            assert m is not None
+            value = float(m.group("v"))
             which = (m.group("which") or "").strip().lower() or spin
             if which == "alpha":
                 pending_alpha = value
@@ -213,22 +257,36 @@ def band_gap_ev(text: str) -> float | None:
 
 def fermi_energy_ha(text: str) -> float | None:
     """The last Fermi energy printed (Hartree), whatever line printed it."""
-    last = _last_match(_FERMI, text)
-    if last is None:
-        return None
-    value = last.group("au") or last.group("ha") or last.group("hdr")
-    try:
-        return float(value)
-    except ValueError:
-        return None
+    best: tuple[int, float] | None = None
+    for literal, regex in _FERMI_LINES:
+        stop = len(text)
+        while True:
+            pos = text.rfind(literal, 0, stop)
+            if pos == -1 or (best is not None and pos < best[0]):
+                break
+            line_start, line = _line_at(text, pos)
+            m = regex.search(line)
+            if m:
+                with contextlib.suppress(ValueError):
+                    best = (pos, float(m.group(1)))
+                break
+            stop = line_start
+    return best[1] if best else None
 
 
-def _final_geometry(text: str, start: int, end: int) -> dict[str, Any] | None:
-    pos = text.rfind(_FINAL_GEOMETRY, start, end)
+def read_geometry(text: str, marker: str, start: int, end: int,
+                  last: bool = True) -> dict[str, Any] | None:
+    """The cell and atoms of the (last or first) geometry block opened by ``marker``.
+
+    Returns ``dimensionality``, ``lattice`` (primitive cell: a, b, c in Angstrom and
+    alpha, beta, gamma in degrees; absent for molecules), ``coordinates`` (fractional
+    or angstrom per axis) and ``atoms`` (z, symbol, position) as printed.
+    """
+    pos = text.rfind(marker, start, end) if last else text.find(marker, start, end)
     if pos == -1:
         return None
     line_end = text.find("\n", pos)
-    dim = int(text[pos + len(_FINAL_GEOMETRY):line_end].split()[0])
+    dim = int(text[pos + len(marker):line_end].split()[0])
     asym = text.find("ATOMS IN THE ASYMMETRIC UNIT", pos, end)
     stop = text.find("\n\n", asym, end) if asym != -1 else -1
     block = text[pos:stop if stop != -1 else end]
@@ -251,11 +309,13 @@ def _final_geometry(text: str, start: int, end: int) -> dict[str, Any] | None:
 
 
 def _warnings(text: str, start: int) -> tuple[str, ...]:
+    """The distinct ``WARNING ****`` lines (at most 30), in file order."""
     seen: dict[str, None] = {}
-    for m in _WARNING.finditer(text, start):
-        seen.setdefault(m.group(0).strip(), None)
-        if len(seen) >= _MAX_WARNINGS:
-            break
+    pos = text.find("WARNING ****", start)
+    while pos != -1 and len(seen) < _MAX_WARNINGS:
+        line_start, line = _line_at(text, pos)
+        seen.setdefault(line.strip(), None)
+        pos = text.find("WARNING ****", line_start + len(line))
     return tuple(seen)
 
 
@@ -283,8 +343,8 @@ def _classify(text: str, start: int) -> tuple[str, str | None, tuple[Finding, ..
 def _energy(text: str, run: Run, calculation: str) -> tuple[float | None, dict[str, Any]]:
     body_start, body_end = run.header_start, run.end
     props: dict[str, Any] = {}
-    scf = _last_match(_SCF_ENDED, text, body_start, body_end)
-    opt = _last_match(_OPT_END, text, body_start, body_end)
+    scf = _last_line_match(_SCF_ENDED, "SCF ENDED", text, body_start, body_end)
+    opt = _last_line_match(_OPT_END, "OPT END", text, body_start, body_end)
     if scf is not None:
         props["scf_converged"] = "CONVERGENCE" in scf.group("status")
         props["scf_cycles"] = int(scf.group("n"))
@@ -292,17 +352,17 @@ def _energy(text: str, run: Run, calculation: str) -> tuple[float | None, dict[s
         props["opt_converged"] = opt.group("status") == "CONVERGED"
         props["opt_points"] = int(opt.group("n"))
     elif calculation == "OPT":
-        points = _OPT_POINT.findall(text, body_start, body_end)
+        point = _last_line_match(_OPT_POINT, "OPTIMIZATION - POINT", text, body_start, body_end)
         props["opt_converged"] = False
-        props["opt_points"] = max((int(p) for p in points), default=0)
+        props["opt_points"] = int(point.group(1)) if point else 0
     chosen = opt if (calculation == "OPT" and opt is not None) else scf
     return (float(chosen.group("e")) if chosen is not None else None), props
 
 
 def _cpu_time(text: str, run: Run) -> float | None:
-    last = _last_match(_TOTAL_CPU, text, run.header_start, run.end)
+    last = _last_line_match(_TOTAL_CPU, "TOTAL CPU TIME", text, run.header_start, run.end)
     if last is None:
-        last = _last_match(_TCPU, text, run.header_start, run.end)
+        last = _last_line_match(_TCPU, "TCPU", text, run.header_start, run.end)
     return float(last.group(1)) if last is not None else None
 
 
@@ -341,9 +401,12 @@ def parse_output(text: str) -> ParseResult:
         ccalc = calculation if crun is last else _calculation(text, crun)
         energy, energy_props = _energy(text, crun, ccalc)
         properties.update(energy_props)
-        geometry = _final_geometry(text, crun.header_start, crun.end)
-        if geometry is not None:
-            properties["final_geometry"] = geometry
+        initial = read_geometry(text, _INITIAL_GEOMETRY, crun.header_start, crun.end, last=False)
+        if initial is not None:
+            properties["initial_geometry"] = initial
+        final = read_geometry(text, _FINAL_GEOMETRY, crun.header_start, crun.end)
+        if final is not None:
+            properties["final_geometry"] = final
     status, kind, findings = _classify(text, last.header_start)
     gap = band_gap_ev(text)
     fermi = fermi_energy_ha(text)

@@ -19,6 +19,10 @@ Traps the table is built to avoid (each one is a real corpus file):
   the k-mesh row needs ``ERROR **** SHRINK``.
 * ``open_hca: device mlx4_0 not found`` from the MPI layer
   (c17_mackinawite_opt_FAILED_100points.out): the missing-file rows name the file.
+
+An ``ERROR **** <ROUTINE> ****`` line that no row names (an unknown keyword, for
+one: no public text of that message was found) is still an error: an input
+error when it comes before the first SCF cycle, else the run is truncated.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class ErrorPattern:
     kind: str = attrs.field()
     text: str
     source: str
+    example: str = ""  # the whole message line as documented, for rows no corpus file shows
 
     @kind.validator
     def _known_kind(self, _attribute: attrs.Attribute, value: str) -> None:
@@ -44,54 +49,68 @@ class ErrorPattern:
             raise ValueError(f"pattern kind {value!r} is not one of eventflow.core.kinds")
 
 
-def _p(name: str, kind: str, text: str, source: str) -> ErrorPattern:
-    return ErrorPattern(name=name, kind=kind, text=text, source=source)
+def _p(name: str, kind: str, text: str, source: str, example: str = "") -> ErrorPattern:
+    return ErrorPattern(name=name, kind=kind, text=text, source=source, example=example)
 
 
 _AIIDA = "documented: aiida-crystal17 parsers/raw/main_out.py KNOWN_ERRORS"
-_MACE = "documented: CRYSTAL23 output quoted by the MACE workflow tool's tests"
+_MACE = ("documented: real CRYSTAL23 outputs quoted by the MACE workflow tool "
+         "(test/FAILED_QA/*.out)")
+_IFORT = "documented: Intel Fortran run-time error messages"
+_SLURM = "documented: slurmstepd messages"
 
 # Order matters only when two rows match the same line: the first row wins.
 ERROR_PATTERNS: tuple[ErrorPattern, ...] = (
-    # Missing files first: "GEOMETRY DATA FILE NOT FOUND - EXTERNAL KEYWORD NOT ALLOWED"
-    # must be a missing fort.34, not an input error.
+    # A missing fort.34 prints "GEOMETRY DATA FILE NOT FOUND - EXTERNAL KEYWORD NOT
+    # ALLOWED": it is a missing file, so this row comes before the input errors.
     _p("wavefunction_not_found", "missing_file", "Wavefunction file can not be found",
        "corpus: crystal/c09_fe50_opt_then_properties_ERROR_wavefunction_not_found.out"),
-    _p("geometry_file_not_found", "missing_file", "GEOMETRY DATA FILE NOT FOUND", _AIIDA),
-    _p("end_of_input_deck", "input_error", "END OF DATA IN INPUT DECK", _AIIDA),
-    _p("format_error_input_deck", "input_error", "FORMAT ERROR IN INPUT DECK", _AIIDA),
-    _p("keyword_not_allowed", "input_error", "KEYWORD NOT ALLOWED",
-       "documented: aiida-crystal17 parsers/cry_main.py comment quoting "
-       "'ERROR **** EXTRN **** ... KEYWORD NOT ALLOWED'"),
-    _p("neighb_error", "atoms_too_close", "ERROR **** NEIGHB ****", _MACE),
-    _p("smalldist_advice", "atoms_too_close", "USE KEYWORD SMALLDIST", _MACE),
+    _p("geometry_file_not_found", "missing_file", "GEOMETRY DATA FILE NOT FOUND",
+       "documented: aiida-crystal17 parsers/cry_main.py comment",
+       " ERROR **** EXTRN **** GEOMETRY DATA FILE NOT FOUND - EXTERNAL KEYWORD NOT ALLOWED"),
+    _p("end_of_input_deck", "input_error", "END OF DATA IN INPUT DECK",
+       "documented: CRYSTAL23 1.0.1 startup diagnostic with no input, quoted by public "
+       "tooling; also aiida-crystal17 KNOWN_ERRORS",
+       " ERROR **** INPUT ****  END OF DATA IN INPUT DECK"),
+    _p("format_error_input_deck", "input_error", "FORMAT ERROR IN INPUT DECK", _AIIDA,
+       "FORMAT ERROR IN INPUT DECK"),
+    _p("neighb_error", "atoms_too_close", "ERROR **** NEIGHB ****", _MACE,
+       " ERROR **** NEIGHB **** USE KEYWORD SMALLDIST TO RUN ANYWAY"),
+    _p("distance_too_small", "atoms_too_close", "DISTANCE BETWEEN ATOMS", _MACE,
+       " DISTANCE BETWEEN ATOMS 13 54 TOO SMALL"),
     _p("basis_linearly_dependent", "basis_linearly_dependent", "BASIS SET LINEARLY DEPENDENT",
-       _AIIDA),
+       _AIIDA, " ERROR **** CHOLSK **** BASIS SET LINEARLY DEPENDENT"),
     _p("anisotropic_shrink", "kpoint_mesh", "ANISOTROPIC SHRINKING FACTOR",
-       "documented: CRYSTAL error categories of the MACE workflow tool (ERROR_PATTERNS)"),
+       "documented: CRYSTAL error categories of the MACE workflow tool (ERROR_PATTERNS)",
+       "ANISOTROPIC SHRINKING FACTOR"),
     _p("shrink_error", "kpoint_mesh", "ERROR **** SHRINK",
-       "documented: CRYSTAL 'ERROR **** <ROUTINE> ****' line shape, routine SHRINK"),
-    _p("no_space_left", "disk_full", "No space left on device",
-       "documented: Linux ENOSPC message (strerror)"),
-    _p("disk_quota", "disk_full", "Disk quota exceeded",
-       "documented: Linux EDQUOT message (strerror)"),
-    _p("fortran_write_error", "disk_full", "error during write",
-       "documented: Intel Fortran run-time error 38 'error during write'"),
+       "derived: the corpus line ' WARNING **** SHRINK **** MOLECULAR CASE - SHRINKING "
+       "NOT USED' (crystal/c17_s2_molecule_opt_converged.out) shows routine SHRINK; "
+       "CRYSTAL's fatal messages are ' ERROR **** <ROUTINE> **** <TEXT>'",
+       " ERROR **** SHRINK **** MOLECULAR CASE - SHRINKING NOT USED"),
+    _p("no_space_left", "disk_full", "No space left on device", _IFORT,
+       "forrtl: No space left on device"),
+    _p("disk_quota", "disk_full", "Disk quota exceeded", _IFORT,
+       "forrtl: Disk quota exceeded"),
+    _p("fortran_write_error", "disk_full", "error during write", _IFORT,
+       "forrtl: severe (38): error during write, unit 9, file /scratch/job/fort.9"),
     _p("oom_kill", "out_of_memory", "oom-kill event",
-       "documented: Slurm cgroup message, ARCHER2 CRYSTAL known issues"),
-    _p("oom_kill_underscore", "out_of_memory", "oom_kill event",
-       "documented: Slurm cgroup message (newer slurmstepd wording)"),
-    _p("oom_handler", "out_of_memory", "out-of-memory handler",
-       "documented: Slurm 'killed by the cgroup out-of-memory handler'"),
-    _p("fortran_no_memory", "out_of_memory", "insufficient virtual memory",
-       "documented: Intel Fortran run-time error 41 'insufficient virtual memory'"),
+       "documented: ARCHER2 documentation, CRYSTAL known issues",
+       "slurmstepd: error: Detected 1 oom-kill event(s) in step 411502.0 cgroup."),
+    _p("oom_kill_underscore", "out_of_memory", "oom_kill event", _SLURM,
+       "slurmstepd: error: Detected 1 oom_kill event in StepId=42.batch. "
+       "Some of the step tasks have been OOM Killed."),
+    _p("oom_handler", "out_of_memory", "out-of-memory handler", _SLURM,
+       "slurmstepd: error: Some of your processes may have been killed by the cgroup "
+       "out-of-memory handler."),
+    _p("fortran_no_memory", "out_of_memory", "insufficient virtual memory", _IFORT,
+       "forrtl: severe (41): insufficient virtual memory"),
     _p("scf_too_many_cycles", "scf_not_converged", "SCF ENDED - TOO MANY CYCLES",
        "corpus: crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.out"),
-    _p("scf_failed_optgeom_stop", "scf_not_converged", "SCF FAILED - OPTGEOM STOP",
-       "corpus: crystal/c14_bcc_iron_opt_SCF_FAILED_optgeom_stop.out"),
     _p("scf_failed", "scf_not_converged", "SCF FAILED",
-       "corpus: crystal/c17_elastic_SCF_FAILED_optgeom_stop_openmpi.out"),
-    _p("fermi_not_in_interval", "scf_not_converged", "FERMI ENERGY NOT IN INTERVAL", _MACE),
+       "corpus: crystal/c14_bcc_iron_opt_SCF_FAILED_optgeom_stop.out"),
+    _p("fermi_not_in_interval", "scf_not_converged", "FERMI ENERGY NOT IN INTERVAL", _MACE,
+       " ERROR **** ZERO **** FERMI ENERGY NOT IN INTERVAL"),
     _p("opt_end_failed", "geometry_not_converged", "OPT END - FAILED",
        "corpus: crystal/c17_mackinawite_opt_FAILED_100points.out"),
     _p("convergence_tests_unsatisfied", "geometry_not_converged",
@@ -103,7 +122,7 @@ ERROR_PATTERNS: tuple[ErrorPattern, ...] = (
     _p("sigterm", "walltime", "forrtl: error (78): process killed (SIGTERM)",
        "corpus: crystal/c17_nio_afm_opt_killed_walltime_SIGTERM.out"),
     _p("slurm_time_limit", "walltime", "DUE TO TIME LIMIT",
-       "documented: slurmstepd 'CANCELLED AT ... DUE TO TIME LIMIT'"),
+       "corpus: slurm/slurm_stderr_time_limit_tqdm.e"),
     _p("pbs_walltime", "walltime", "PBS: job killed: walltime",
        "corpus: crystal/c17_nio_afm_opt_killed_walltime.pbs_stderr.txt"),
 )

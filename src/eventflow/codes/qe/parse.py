@@ -267,14 +267,16 @@ class _Scan:
             self.forces = forces
 
     def _read_stress(self, i: int) -> None:
-        self.pressure = _floats(_after(self.lines[i], "P="))[0] if "P=" in self.lines[i] else None
+        pressure = _floats(_after(self.lines[i], "P="))
+        self.pressure = pressure[0] if pressure else None
         rows = []
         for line in self.lines[i + 1 : i + 4]:
             values = _floats(line)
             if len(values) < 6:
                 return
             rows.append(values[3:6])
-        self.stress = rows
+        if len(rows) == 3:
+            self.stress = rows
 
     def _warn(self, message: str) -> None:
         self.warnings[message] = self.warnings.get(message, 0) + 1

@@ -126,7 +126,7 @@ def _plan_stage(number: int, stage: Stage, state: Any, calc: Any, code: CodeRule
     if restart is not None:
         changes.update(restart)
         restart_from = calc.id
-        details.append(f"restart from {calc.id} ({stage.restart})")
+        details.append(f"restart: {stage.restart} of {calc.id}")
     if stage.exclude_failed_node:
         resources["exclude_host_of"] = calc.id
         details.append(f"not on the node {calc.id} ran on")

@@ -1,0 +1,220 @@
+"""SLURM for real: rendered job scripts submitted with sbatch to a running cluster.
+
+Start one with ``slurm/local-cluster start``. The job folders are under pytest's tmp_path,
+on the same machine as slurmd. Each test waits for its jobs with a generous upper bound;
+nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from eventflow.codes.slurm import kind_from_state
+from eventflow.codes.slurm import parse as parse_scheduler_log
+from eventflow.core.jobscript import RECORD_NAME, JobSpec, Resources, render_job_script
+from eventflow.shell.scheduler import (
+    JobInfo,
+    SlurmScheduler,
+    SubmitError,
+    choose_scheduler,
+    run_command,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = (REPO / "slurm" / "job.sh.tmpl").read_text()
+WAIT = 240.0  # upper bound on waiting for one job; never a timing assertion
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("need_slurm")]
+
+
+@pytest.fixture
+def slurm() -> SlurmScheduler:
+    return SlurmScheduler()
+
+
+def _name(label: str) -> str:
+    return f"ef-test-{label}-{uuid.uuid4().hex[:8]}"
+
+
+def _submit(slurm: SlurmScheduler, tmp_path: Path, label: str, commands: list[list[str]],
+            resources: Resources | None = None) -> tuple[str, str, Path]:
+    job_dir = tmp_path / label
+    job_dir.mkdir(parents=True)
+    name = _name(label)
+    spec = JobSpec(job_dir=str(job_dir), idempotency_key=f"{name}:1", commands=commands,
+                   resources=resources or Resources(time="5", mem="200M"))
+    script = job_dir / "job.sh"
+    script.write_text(render_job_script(TEMPLATE, spec))
+    return slurm.submit(script, name, job_dir), name, job_dir
+
+
+def _wait(slurm: SlurmScheduler, job_id: str, timeout: float = WAIT) -> JobInfo:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = slurm.states([job_id])[job_id]
+        if info.finished:
+            return info
+        assert time.monotonic() < deadline, f"job {job_id} still {info.state}"
+        time.sleep(0.5)
+
+
+def _wait_for(path: Path, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def _record(job_dir: Path) -> dict:
+    return json.loads((job_dir / RECORD_NAME).read_text())
+
+
+def _log(job_dir: Path, job_id: str) -> str:
+    return (job_dir / f"slurm-{job_id}.out").read_text(errors="replace")
+
+
+def test_a_rendered_job_runs_and_leaves_its_record(slurm: SlurmScheduler, tmp_path: Path) -> None:
+    job_id, name, job_dir = _submit(slurm, tmp_path, "ok",
+                                    [["bash", "-c", "echo hello > greeting.txt"]])
+    assert job_id.isdigit()
+    info = _wait(slurm, job_id)
+    assert (info.state, info.exit_code, info.signal, info.name) == ("COMPLETED", 0, None, name)
+    assert info.node
+    record = _record(job_dir)
+    assert record["job_id"] == job_id
+    assert record["exit_code"] == 0
+    assert record["reason"] == "completed"
+    assert record["idempotency_key"] == f"{name}:1"
+    assert record["host"] == info.node
+    assert (job_dir / "greeting.txt").read_text() == "hello\n"
+    found = slurm.find(name)
+    assert [(i.job_id, i.state) for i in found] == [(job_id, "COMPLETED")]
+    assert parse_scheduler_log(_log(job_dir, job_id)).status == "ok"
+
+
+def test_states_asks_for_many_jobs_and_names_unknown_ones(slurm: SlurmScheduler,
+                                                          tmp_path: Path) -> None:
+    first, _, _ = _submit(slurm, tmp_path, "a", [["true"]])
+    second, _, _ = _submit(slurm, tmp_path, "b", [["true"]])
+    _wait(slurm, first)
+    _wait(slurm, second)
+    states = slurm.states([first, second, "999999"])
+    assert states[first].state == states[second].state == "COMPLETED"
+    assert states["999999"] == JobInfo(job_id="999999")
+    assert slurm.states(["999999"])["999999"].state is None  # squeue errors for a lone unknown id
+
+
+def test_a_job_that_exits_3_is_failed_with_exit_code_3(slurm: SlurmScheduler,
+                                                       tmp_path: Path) -> None:
+    job_id, _, job_dir = _submit(slurm, tmp_path, "exit3", [["bash", "-c", "exit 3"]])
+    info = _wait(slurm, job_id)
+    assert (info.state, info.exit_code) == ("FAILED", 3)
+    assert kind_from_state(info.state) is None
+    record = _record(job_dir)
+    assert (record["exit_code"], record["reason"]) == (3, "command_failed")
+
+
+def test_scancel_of_a_running_job_is_cancelled_with_a_record(slurm: SlurmScheduler,
+                                                              tmp_path: Path) -> None:
+    job_id, name, job_dir = _submit(slurm, tmp_path, "cancel",
+                                    [["bash", "-c", "touch started; sleep 600"]])
+    _wait_for(job_dir / "started")
+    running = slurm.find(name)
+    assert [(i.job_id, i.state) for i in running] == [(job_id, "RUNNING")]
+    slurm.cancel(job_id)
+    info = _wait(slurm, job_id)
+    assert info.state == "CANCELLED"
+    assert kind_from_state(info.state) == "cancelled"
+    _wait_for(job_dir / RECORD_NAME)
+    record = _record(job_dir)
+    assert (record["reason"], record["signal"]) == ("terminated", signal.SIGTERM)
+    assert parse_scheduler_log(_log(job_dir, job_id)).error_kind == "cancelled"
+    slurm.cancel(job_id)  # a finished job: nothing to do, no error
+
+
+@pytest.mark.slow
+def test_the_time_limit_leaves_a_record_through_the_usr1_trap(slurm: SlurmScheduler,
+                                                              tmp_path: Path) -> None:
+    """--time=1 (the 1-minute minimum) with the warning 30 s before; the job sleeps longer."""
+    job_id, _, job_dir = _submit(
+        slurm, tmp_path, "limit",
+        [["bash", "-c", "echo partial > partial.txt; sleep 600"]],
+        Resources(time="1", mem="200M", scratch_root=str(tmp_path / "scratch")))
+    info = _wait(slurm, job_id)
+    assert info.state == "TIMEOUT"
+    assert kind_from_state(info.state) == "walltime"
+    record = _record(job_dir)
+    assert record["reason"] == "time_limit"
+    assert record["signal"] == signal.SIGUSR1
+    assert record["exit_code"] != 0
+    assert record["copied_back"] is True
+    assert (job_dir / "partial.txt").read_text() == "partial\n"
+    parsed = parse_scheduler_log(_log(job_dir, job_id))
+    assert parsed.error_kind == "walltime"
+    assert f"JOB {job_id} ON" in parsed.errors[0].text
+
+
+def test_ten_jobs_run_at_the_same_time(slurm: SlurmScheduler, tmp_path: Path) -> None:
+    """Each job waits until all ten have started: they can only all succeed together."""
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    wait_for_all = (f'touch "{meeting}/$1"; for i in $(seq 1200); do '
+                    f'[ "$(ls "{meeting}" | wc -l)" -ge 10 ] && exit 0; sleep 0.1; done; exit 1')
+    ids = [_submit(slurm, tmp_path, f"par{n}", [["bash", "-c", wait_for_all, "_", str(n)]])[0]
+           for n in range(10)]
+    for job_id in ids:
+        info = _wait(slurm, job_id)
+        assert (info.state, info.exit_code) == ("COMPLETED", 0), job_id
+
+
+def _memory_enforced_by_cgroup() -> bool:
+    config = run_command(["scontrol", "show", "config"], 30).stdout
+    return any(line.split("=", 1)[0].strip() == "TaskPlugin" and "task/cgroup" in line
+               for line in config.splitlines())
+
+
+def test_a_job_over_its_memory_is_killed_and_recognised(slurm: SlurmScheduler,
+                                                        tmp_path: Path) -> None:
+    """--mem=100M and a program that grows to ~1 GB. With task/cgroup the kernel's OOM killer
+    ends it and SLURM says OUT_OF_MEMORY; with OverMemoryKill polling (no cgroup) SLURM kills
+    the job and says FAILED, and only the log tells why."""
+    grow = ("import time\nblocks = []\nfor _ in range(50):\n"
+            "    blocks.append(bytearray(20 * 1024 * 1024)); time.sleep(0.2)\n")
+    job_id, _, job_dir = _submit(slurm, tmp_path, "oom", [["python3", "-c", grow]],
+                                 Resources(time="5", mem="100M"))
+    info = _wait(slurm, job_id)
+    parsed = parse_scheduler_log(_log(job_dir, job_id))
+    assert parsed.error_kind == "out_of_memory"
+    if _memory_enforced_by_cgroup():
+        assert info.state == "OUT_OF_MEMORY"
+        assert kind_from_state(info.state) == "out_of_memory"
+        record = _record(job_dir)  # the script outlives its OOM-killed program
+        assert record["exit_code"] == 128 + signal.SIGKILL
+    else:
+        assert info.state in {"FAILED", "OUT_OF_MEMORY"}
+
+
+def test_sbatch_refusals_carry_slurms_message(slurm: SlurmScheduler, tmp_path: Path) -> None:
+    job_dir = tmp_path / "refused"
+    job_dir.mkdir()
+    spec = JobSpec(job_dir=str(job_dir), idempotency_key="k", commands=[["true"]],
+                   resources=Resources(partition="no-such-partition", time="1"))
+    script = job_dir / "job.sh"
+    script.write_text(render_job_script(TEMPLATE, spec))
+    with pytest.raises(SubmitError, match="invalid partition"):
+        slurm.submit(script, _name("refused"), job_dir)
+
+
+def test_this_cluster_answers_and_has_no_accounting(slurm: SlurmScheduler,
+                                                    tmp_path: Path) -> None:
+    assert slurm.ping()
+    assert slurm.sacct_works is False  # accounting_storage/none: states() must do without sacct
+    chosen, why = choose_scheduler("auto", tmp_path)
+    assert isinstance(chosen, SlurmScheduler)
+    assert "scontrol ping answers" in why
