@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Result, median, parse_args, peak_rss_mb, print_table, remove_db
+from common import Result, median, parse_args, peak_rss_mb, print_table
 from make_project import cached_log
 
 

@@ -74,16 +74,16 @@ def print_table(title: str, results: Sequence[Result], json_path: Path | None = 
     print("| workload | eventflow | baseline | ratio | goal | met |")
     print("|---|---:|---:|---:|---|---|")
     for r in results:
-        unit = "" if r.unit == "events/s" else f" ({r.unit})"
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         base = f"{fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline_name else "-"
         met = "-" if r.met is None else ("yes" if r.met else "**no**")
         note = f" — {r.note}" if r.note else ""
-        print(f"| {r.workload}{unit}{note} | {fmt(r.eventflow, r.unit)} | {base} | {ratio} | "
+        print(f"| {r.workload}{note} | {fmt(r.eventflow, r.unit)} | {base} | {ratio} | "
               f"{r.goal} | {met} |")
-    print(f"\nrates in events/s unless marked; ratio = eventflow / baseline (for times: "
-          f"baseline / eventflow, so > 1 means eventflow is faster). Python "
-          f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs.")
+    print(f"\nRates in events/s, times as marked. Ratio = eventflow rate / baseline rate; "
+          f"for times, baseline time / eventflow time: either way > 1 means eventflow is "
+          f"faster. Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, "
+          f"{os.cpu_count()} CPUs.")
     if json_path is not None:
         json_path.write_text(json.dumps([{**asdict(r), "ratio": r.ratio} for r in results],
                                         indent=2) + "\n")

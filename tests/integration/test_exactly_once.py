@@ -35,6 +35,12 @@ def eventflow(project: Path, *args: str, env: dict | None = None,
     return proc
 
 
+def pid(project: Path) -> str:
+    from eventflow.shell.project import Project
+
+    return Project.at(project).project_id
+
+
 def unique(name: str) -> str:
     """Job names must not collide with jobs of earlier runs that SLURM still remembers."""
     return f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
@@ -80,7 +86,7 @@ def test_ten_simultaneous_finishes_and_ten_watchers_give_ten_follow_ups(
     slurm = SlurmScheduler()
 
     def all_running() -> bool:
-        infos = [slurm.find(job_name(f"{m}/A/1")) for m in mids]
+        infos = [slurm.find(job_name(pid(project), f"{m}/A/1")) for m in mids]
         return all(len(i) == 1 and i[0].state == "RUNNING" for i in infos)
 
     wait_for(all_running, 120, "10 jobs running at once")
@@ -101,7 +107,7 @@ def test_ten_simultaneous_finishes_and_ten_watchers_give_ten_follow_ups(
     assert count(project, "SubmissionRequested", '%"step":"B"%') == 10
     assert count(project, "JobSubmitted", '%/B/1"%') == 10
     for mid in mids:  # and SLURM itself has exactly one job per follow-up
-        assert len(slurm.find(job_name(f"{mid}/B/1"))) == 1, mid
+        assert len(slurm.find(job_name(pid(project), f"{mid}/B/1"))) == 1, mid
     with Tracker.open(project) as t:
         _, problems = t.store.verify_chain()
         assert problems == []
@@ -121,7 +127,7 @@ def test_a_watcher_killed_in_the_submit_path_never_loses_or_doubles_a_job(
     assert crashed.returncode == -9, crashed.stderr  # really killed at that point
     eventflow(project, "watch", "--once", "--quiet")  # restart: takes over the stale lock
     slurm = SlurmScheduler()
-    jobs = slurm.find(job_name(f"{mid}/SP/1"))
+    jobs = slurm.find(job_name(pid(project), f"{mid}/SP/1"))
     assert len(jobs) == 1, f"{point}: {jobs}"
     with Tracker.open(project) as t:
         calc = t.state(mid).calcs[f"{mid}/SP/1"]
@@ -146,9 +152,9 @@ def test_scancel_and_a_failing_script_are_recorded_with_their_reasons(
                           params={"command": ["bash", "-c", "exit 3"], "fail_kind": "input_error"})
     eventflow(project, "watch", "--once", "--quiet")
     slurm = SlurmScheduler()
-    wait_for(lambda: [j.state for j in slurm.find(job_name(f"{cancelme}/SP/1"))] == ["RUNNING"],
+    wait_for(lambda: [j.state for j in slurm.find(job_name(pid(project), f"{cancelme}/SP/1"))] == ["RUNNING"],
              60, "the job to run")
-    job = slurm.find(job_name(f"{cancelme}/SP/1"))[0].job_id
+    job = slurm.find(job_name(pid(project), f"{cancelme}/SP/1"))[0].job_id
     subprocess.run(["scancel", job], check=True)
     wait_for(lambda: (project / "calcs" / cancelme / "SP" / "1" / "eventflow-done.json")
              .exists() and (project / "calcs" / fails / "SP" / "1" / "eventflow-done.json")

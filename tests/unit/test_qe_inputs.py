@@ -227,6 +227,23 @@ def test_apply_changes_rejects_bad_changes(changes: dict[str, Any], message: str
         apply_changes(inputs, changes)
 
 
+def test_namelist_keys_in_params_are_written_and_runner_markers_skipped() -> None:
+    """The runner merges step params and recovery changes ('namelist.variable' keys,
+    and its own 'structure' marker) into the params it renders with."""
+    from eventflow.codes.qe.changes import RUNNER_MARKERS
+    from eventflow.core.recovery.parse import SHELL_MARKERS
+
+    assert RUNNER_MARKERS == SHELL_MARKERS
+    si = _bulk("Si", "diamond", a=5.43)
+    params = _params(**{"system.nbnd": 12, "electrons.startingpot": "file", "structure": "last"})
+    files = render_inputs(si, "SP", params)
+    namelists = read_namelists(files["pw.in"])
+    assert namelists["system"]["nbnd"] == 12
+    assert namelists["electrons"]["startingpot"] == "file"
+    changes = {"electrons.startingpot": "file", "structure": "last"}
+    assert apply_changes(files, changes) == files  # already there; the marker is skipped
+
+
 def test_cutoffs_come_from_the_table_unless_given() -> None:
     from ase import Atoms
 

@@ -113,6 +113,7 @@ def interpret(
                 ev.CalculationFailed(calc.id, "unphysical_result",
                                      [{"line": 0, "text": p} for p in problems], parser)]
     values = dict(result.properties)
+    values.update(_postprocessed(folder, state.code, calc.step))
     if result.energy_ev is not None:
         values.setdefault("total_energy_ev", result.energy_ev)
     if result.band_gap_ev is not None:
@@ -123,7 +124,40 @@ def interpret(
         events.append(ev.PropertiesExtracted(calc.id, props, parser))
     events.append(ev.CalculationSucceeded(
         calc.id, parser, {"program": result.program, "calculation": result.calculation}))
+    structure = result.properties.get("structure")
+    if structure:
+        _save_structure(project, state, calc, structure)
     return events
+
+
+def _save_structure(project: Project, state: MaterialState, calc: CalcState,
+                    structure: dict[str, Any]) -> None:
+    """Keep the final structure in the ASE database (a projection: derivable from the output)."""
+    from ase import Atoms
+    from ase.db import connect
+
+    atoms = Atoms(symbols=structure["symbols"], positions=structure["positions"],
+                  cell=structure["cell"], pbc=structure.get("pbc", True))
+    with connect(str(project.structures_db)) as db:
+        if db.count(calculation_id=calc.id) == 0:
+            db.write(atoms, material_id=state.id, step=calc.step, attempt=calc.attempt,
+                     calculation_id=calc.id, kind="final")
+
+
+def _postprocessed(folder: Path, code: str, step: str) -> dict[str, Any]:
+    if code != "qe":
+        return {}
+    from eventflow.codes.qe import postproc
+
+    texts = {}
+    for name in postproc.OUTPUTS.get(step, ()):
+        text = _read(folder / name)
+        if text is not None:
+            texts[name] = text
+    try:
+        return postproc.extract(step, texts)
+    except (ValueError, IndexError):
+        return {}
 
 
 def classify_lost(

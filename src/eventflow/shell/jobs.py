@@ -28,11 +28,11 @@ RECORD = "eventflow-done.json"
 SHELL_PARAMS = frozenset({"launcher"})
 
 
-def job_name(calculation_id: str) -> str:
-    """The scheduler job name of a calculation: it carries the request's identity."""
+def job_name(project_id: str, calculation_id: str) -> str:
+    """The scheduler job name of a calculation: the project and the request's identity."""
     safe = re.sub(r"[^A-Za-z0-9._-]", lambda m: f"_{ord(m.group()):x}", calculation_id.replace(
         "/", "."))
-    return f"ef.{safe}"
+    return f"ef.{project_id}.{safe}"
 
 
 def read_completion(path: Path) -> dict[str, Any] | None:
@@ -142,7 +142,7 @@ class JobWriter:
             write_atomic(folder / name, text)
         spec = JobSpec(
             job_dir=str(folder),
-            idempotency_key=job_name(calc.id),
+            idempotency_key=job_name(self.project.project_id, calc.id),
             commands=commands,
             resources=resources,
         )

@@ -88,6 +88,25 @@ class Project:
         # Beside the marker, not in state_dir: it must be shared by every login node.
         return self.root / MARKER / "watcher.lock"
 
+    @property
+    def project_id(self) -> str:
+        """A short random id made at init: job names carry it, so two projects (or a project
+        deleted and made again in the same place) never mistake each other's jobs."""
+        path = self.root / MARKER / "project-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        import secrets
+
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(4) + "\n")
+        return path.read_text().strip()
+
     def config_path(self, name: str) -> Path:
         """The project's copy of a config file, else the default shipped in the package."""
         own = self.root / "config" / name
@@ -142,4 +161,5 @@ def initialise(directory: Path | str) -> Project:
             os.replace(tmp, target)
     project = Project(root, _state_dir(root))
     project.state_dir.mkdir(parents=True, exist_ok=True)
+    project.project_id  # noqa: B018 - made now, at init, so it exists before any job
     return project

@@ -52,10 +52,9 @@ def fold_log(
 ) -> tuple[dict[str, MaterialState], int]:
     """Fold the log (or only ``streams``) into material states; return them and the last seq.
 
-    This is the replay hot path (a million events should take seconds), so it reads only
-    the columns the fold needs and decodes events of the current schema version straight
-    into their class; older versions and bad data go through ``ev.decode`` (upcasting, and
-    its error messages).
+    This is the replay hot path (a million events should take seconds): it reads only the
+    columns the fold needs (not ``meta``, which the fold never looks at) and runs with the
+    cyclic garbage collector paused. Events are decoded (and upcast) by ``ev.decode``.
     """
     with _gc_paused():
         return _fold(store, streams, until_seq, until_time)
@@ -279,4 +278,4 @@ class Projections:
     def _dicts(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         cursor = self.db.execute(sql, args)
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor]
+        return [dict(zip(names, row, strict=True)) for row in cursor]

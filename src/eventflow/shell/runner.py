@@ -241,7 +241,7 @@ class Runner:
             self._submit(state, calc, report)
 
     def _existing_job(self, calc: CalcState) -> str | None:
-        found = self.scheduler.find(job_name(calc.id))
+        found = self.scheduler.find(job_name(self.project.project_id, calc.id))
         if not found:
             return None
         return sorted(found, key=lambda j: (len(j.job_id), j.job_id))[0].job_id
@@ -264,7 +264,7 @@ class Runner:
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
         _crash_point("before_sbatch")
         try:
-            job_id = self.scheduler.submit(script, job_name(calc.id), script.parent)
+            job_id = self.scheduler.submit(script, job_name(self.project.project_id, calc.id), script.parent)
         except SubmitError as exc:
             self._submit_failed(state, calc, str(exc), report)
             return

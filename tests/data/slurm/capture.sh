@@ -5,6 +5,9 @@
 # It submits small jobs that end each way SLURM can end them, and saves what SLURM printed:
 # the jobs' stderr (slurm-<id>.out) and the squeue / scontrol lines about them.
 # The node-failure job sets the node DOWN for a moment: do not run this on a shared cluster.
+# Run it once without accounting (the default) and once with EVENTFLOW_SLURM_ACCOUNTING=yes:
+# the sacct_*.txt files need accounting, sacct_without_accounting.txt and
+# scontrol_show_config.txt come from the run without it; the other files from the last run.
 set -euo pipefail
 out="$(realpath "${1:?usage: capture.sh OUTDIR}")"
 work="$(mktemp -d)"
@@ -58,8 +61,14 @@ squeue --noheader --states=all --format='%i|%T|%r|%N|%j' --name=ef-capture-runni
     >"$out/squeue_by_name.txt"
 { show "$ok"; show "$fail"; show "$oom"; show "$run"; show "$pend"; } >"$out/scontrol_jobs.txt"
 { squeue --noheader --states=all --jobs=999999 2>&1 || true; } >"$out/squeue_unknown_id.txt"
-{ sacct --jobs="$ok" 2>&1 || true; } >"$out/sacct_without_accounting.txt"
-scontrol show config >"$out/scontrol_show_config.txt"
+if sacct --noheader --jobs="$ok" >/dev/null 2>&1; then
+    accounting=yes
+    scontrol show config >"$out/scontrol_show_config_accounting.txt"
+else
+    accounting=no
+    { sacct --jobs="$ok" 2>&1 || true; } >"$out/sacct_without_accounting.txt"
+    scontrol show config >"$out/scontrol_show_config.txt"
+fi
 cp "slurm-$oom.out" "$out/oom_cgroup_stderr.txt"
 cp "slurm-$fail.out" "$out/exit3_stderr.txt"
 scancel "$run"; scancel "$pend"
@@ -69,4 +78,14 @@ cp "slurm-$run.out" "$out/cancelled_stderr.txt"
 wait_done "$tl"
 show "$tl" >"$out/scontrol_timeout.txt"
 cp "slurm-$tl.out" "$out/time_limit_stderr.txt"
+if [[ "$accounting" == yes ]]; then
+    sleep 5  # slurmctld sends job records to slurmdbd asynchronously
+    fields=JobIDRaw,State,ExitCode,Reason,NodeList,JobName
+    ids="$nf,$ok,$fail,$run,$oom,$tl,$pend"
+    sacct --noheader --parsable2 --allocations --format="$fields" --jobs="$ids" \
+        >"$out/sacct_jobs.txt"
+    sacct --noheader --parsable2 --format="$fields" --jobs="$ids" >"$out/sacct_with_steps.txt"
+    sacct --noheader --parsable2 --allocations --format="$fields" --name=ef-capture-exit3 \
+        --starttime=now-1days >"$out/sacct_by_name.txt"
+fi
 echo "captured into $out (work folder $work)"

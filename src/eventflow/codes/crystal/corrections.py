@@ -216,30 +216,42 @@ def shrink_denser(text: str, factor: float = 1.5) -> str:
 # --- geometry optimisation -----------------------------------------------------------------
 
 
+def _optgeom(text: str) -> Entry:
+    opt = deckmod.parse_deck(text).optgeom
+    if opt is None:
+        raise DeckError("the deck has no OPTGEOM block to restart")
+    return opt
+
+
+def set_maxtradius(text: str, radius: float) -> str:
+    """OPTGEOM's MAXTRADIUS (bohr) = ``radius``, the largest step the optimiser may take."""
+    if radius <= 0:
+        raise ValueError(f"MAXTRADIUS must be positive, got {radius}")
+    opt = _optgeom(text)
+    entry = opt.child("MAXTRADIUS")
+    if entry is None:
+        return _edit(text, opt.end, opt.end - 1, ["MAXTRADIUS", _num(radius)])
+    return _edit(text, entry.line + 1, entry.end, [_num(radius)])
+
+
+def set_optgeom_restart(text: str, on: bool = True) -> str:
+    """Add (or remove) OPTGEOM's RESTART: continue from OPTINFO.DAT of the last attempt."""
+    opt = _optgeom(text)
+    entry = opt.child("RESTART")
+    if on:
+        return text if entry is not None else _edit(text, opt.end, opt.end - 1, ["RESTART"])
+    return _remove(text, [entry]) if entry is not None else text
+
+
 def optgeom_restart(text: str, maxtradius: float | None = None, factor: float = 0.5) -> str:
     """OPTGEOM: add RESTART (read OPTINFO.DAT) and make MAXTRADIUS smaller.
 
     MAXTRADIUS becomes ``maxtradius`` when given, else ``factor`` times the current
     value (CRYSTAL's default 4 bohr when absent).
     """
-    deck = deckmod.parse_deck(text)
-    opt = deck.optgeom
-    if opt is None:
-        raise DeckError("the deck has no OPTGEOM block to restart")
-    current = _value(opt.child("MAXTRADIUS"), CRYSTAL_MAXTRADIUS)
+    current = _value(_optgeom(text).child("MAXTRADIUS"), CRYSTAL_MAXTRADIUS)
     radius = float(maxtradius) if maxtradius is not None else current * factor
-    if radius <= 0:
-        raise ValueError(f"MAXTRADIUS must be positive, got {radius}")
-    entry = opt.child("MAXTRADIUS")
-    if entry is None:
-        text = _edit(text, opt.end, opt.end - 1, ["MAXTRADIUS", _num(radius)])
-    else:
-        text = _edit(text, entry.line + 1, entry.end, [_num(radius)])
-    opt = deckmod.parse_deck(text).optgeom
-    assert opt is not None
-    if opt.child("RESTART") is None:
-        text = _edit(text, opt.end, opt.end - 1, ["RESTART"])
-    return text
+    return set_optgeom_restart(set_maxtradius(text, radius), True)
 
 
 # --- geometry --------------------------------------------------------------------------------
@@ -325,12 +337,15 @@ def apply_changes(inputs: Mapping[str, str], changes: Mapping[str, Any]) -> dict
     Keys: MAXCYCLE (int), FMIXING (int), LEVSHIFT ([shift, lock] or None to remove),
     GUESSP (bool), MIXER (DIIS/ANDERSON/BROYDEN), ANDERSON (True), BROYDEN
     ([w0, imix, istart]), SHRINK ("denser", "isotropic", [IS, ISP] or
-    [0, ISP, n1, n2, n3]), OPTGEOM_RESTART (True or {"maxtradius": r}), MAXTRADIUS
-    (number), SCALE_CELL (factor; scales fort.34 too), TOLINTEG ("tighter" or 5 ints).
+    [0, ISP, n1, n2, n3]), OPTGEOM_RESTART (True, False or {"maxtradius": r}),
+    MAXTRADIUS (bohr), SCALE_CELL (factor; scales fort.34 too), TOLINTEG ("tighter" or
+    5 ints). The result does not depend on the order of the keys: OPTGEOM_RESTART
+    halves MAXTRADIUS only when no MAXTRADIUS change comes with it.
     """
     files = dict(inputs)
     name = _deck_name(files)
     text = files[name]
+    upper_keys = {k.upper() for k in changes}
     for key, value in changes.items():
         key_u = key.upper()
         if key_u == "MAXCYCLE":
@@ -358,9 +373,16 @@ def apply_changes(inputs: Mapping[str, str], changes: Mapping[str, Any]) -> dict
                 text = set_shrink(text, value)
         elif key_u == "OPTGEOM_RESTART":
             radius = value.get("maxtradius") if isinstance(value, Mapping) else None
-            text = optgeom_restart(text, radius)
+            if not value:
+                text = set_optgeom_restart(text, False)
+            elif radius is not None:
+                text = optgeom_restart(text, float(radius))
+            elif "MAXTRADIUS" in upper_keys:  # the radius is that change's, in any order
+                text = set_optgeom_restart(text, True)
+            else:
+                text = optgeom_restart(text)
         elif key_u == "MAXTRADIUS":
-            text = optgeom_restart(text, float(value))
+            text = set_maxtradius(text, float(value))
         elif key_u == "SCALE_CELL":
             if deckmod.parse_deck(text).geometry.kind in ("EXTERNAL", "DLVINPUT"):
                 if "fort.34" not in files:

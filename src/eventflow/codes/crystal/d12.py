@@ -26,7 +26,9 @@ values as config/crystal.yaml; a test keeps them equal).
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +37,7 @@ import numpy as np
 import spglib
 import yaml
 from ase import Atoms
+from ase.cell import Cell
 from ase.data import atomic_numbers, chemical_symbols
 from ase.geometry import cell_to_cellpar
 
@@ -142,7 +145,8 @@ def merge_params(params: Mapping[str, Any] | None, source: str = "params") -> di
 # --- structure analysis --------------------------------------------------------------
 
 
-def _dimensionality(atoms: Atoms) -> int:
+def dimensionality(atoms: Atoms) -> int:
+    """3, 2, 1 or 0 periodic directions, from ``atoms.pbc`` (periodic ones first)."""
     pbc = tuple(bool(x) for x in atoms.pbc)
     table = {(True, True, True): 3, (True, True, False): 2, (True, False, False): 1,
              (False, False, False): 0}
@@ -172,6 +176,17 @@ def _types(atoms: Atoms) -> list[int]:
             for z, s in zip(atoms.numbers, _spins(atoms), strict=True)]
 
 
+def _dataset(cell: tuple, symprec: float, hall: int = 0) -> Any:
+    """spglib's dataset, or None when it finds none (spglib 2.5+ may raise instead)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # spglib's error-handling notice
+        try:
+            return spglib.get_symmetry_dataset(cell, symprec=symprec, hall_number=hall)
+        except Exception:  # spglib.error.SpglibError when OLD_ERROR_HANDLING is off
+            return None
+
+
+@functools.cache
 def hall_number(space_group: int) -> int:
     """The Hall setting CRYSTAL uses for ``space_group`` (see the module docstring)."""
     choices = [h for h in range(1, 531) if spglib.get_spacegroup_type(h).number == space_group]
@@ -208,14 +223,16 @@ def symmetric_cell(atoms: Atoms, symprec: float) -> SymmetricCell | None:
     """Space group, conventional cell and asymmetric unit, or None for space group 1."""
     types = _types(atoms)
     cell = (np.array(atoms.cell[:]), atoms.get_scaled_positions(), types)
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    dataset = _dataset(cell, symprec)
     if dataset is None or dataset.number == 1:
         return None
     hall = hall_number(dataset.number)
     if hall != dataset.hall_number:
-        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, hall_number=hall)
+        dataset = _dataset(cell, symprec, hall)
+        if dataset is None:
+            return None
     std = (dataset.std_lattice, dataset.std_positions, dataset.std_types)
-    in_std = spglib.get_symmetry_dataset(std, symprec=symprec, hall_number=hall)
+    in_std = _dataset(std, symprec, hall)
     if in_std is None:
         return None
     orbits: dict[int, list[int]] = {}
@@ -246,7 +263,7 @@ _PRIMITIVE = {
     "B": np.array([[0.5, 0, -0.5], [0, 1, 0], [0.5, 0, 0.5]]),
     "R": np.array([[2 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, 1 / 3], [-1 / 3, -2 / 3, 1 / 3]]),
 }
-_CENTRING_POINTS = {"P": 1, "F": 4, "I": 2, "C": 2, "A": 2, "B": 2, "R": 3}
+CENTRING_POINTS = {"P": 1, "F": 4, "I": 2, "C": 2, "A": 2, "B": 2, "R": 3}
 
 
 def geometry_mode(atoms: Atoms, params: Mapping[str, Any]) -> str:
@@ -254,7 +271,7 @@ def geometry_mode(atoms: Atoms, params: Mapping[str, Any]) -> str:
     mode = params.get("geometry", "auto")
     if mode not in ("auto", "symmetry", "external", "p1"):
         raise InputError(f"geometry must be auto, symmetry, external or p1, not {mode!r}")
-    if _dimensionality(atoms) < 3:
+    if dimensionality(atoms) < 3:
         if mode == "external":
             raise InputError("EXTERNAL geometry is written only for 3D structures")
         return "p1"
@@ -391,12 +408,12 @@ def render_fort34(atoms: Atoms, symprec: float = 1.0e-3,
     species; a cell that is not primitive gets the identity only, since pure
     translations are not valid fort.34 operators.
     """
-    if _dimensionality(atoms) != 3:
+    if dimensionality(atoms) != 3:
         raise InputError("fort.34 is written only for 3D structures")
     conv = numbers or {int(z): int(z) for z in set(atoms.numbers)}
     lattice = np.array(atoms.cell[:])
     cell = (lattice, atoms.get_scaled_positions(), _types(atoms))
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    dataset = _dataset(cell, symprec)
     rotations = [np.eye(3, dtype=int)]
     translations = [np.zeros(3)]
     space_group = 1
@@ -465,7 +482,7 @@ def shrink_factors(atoms: Atoms, params: Mapping[str, Any]) -> list[list[int]]:
         if len(values) == 5 and values[0] == 0:
             return [[0, values[1]], values[2:]]
         raise InputError(f"shrink must be [IS, ISP] or [0, ISP, n1, n2, n3], not {p['shrink']}")
-    dims = _dimensionality(atoms)
+    dims = dimensionality(atoms)
     if dims == 0:
         return []
     kspacing = float(p["kspacing"])
@@ -482,13 +499,21 @@ def shrink_factors(atoms: Atoms, params: Mapping[str, Any]) -> list[list[int]]:
 
 
 def _dft_lines(p: Mapping[str, Any], magnetic: bool) -> list[str]:
-    name = str(p["functional"]).upper()
+    functional = p["functional"]
+    name = str(functional).upper()
     if name == "HF":
         return []
     lines = ["DFT"]
     if magnetic:
         lines.append("SPIN")
-    if name in HYBRID_KEYWORDS:
+    if isinstance(functional, Mapping):  # {"exchange": "BECKE", "correlation": "PZ"}
+        try:
+            lines += ["EXCHANGE", str(functional["exchange"]).upper(),
+                      "CORRELAT", str(functional["correlation"]).upper()]
+        except KeyError as exc:
+            raise InputError(f"functional as a mapping needs exchange and correlation: {exc}") \
+                from None
+    elif name in HYBRID_KEYWORDS:
         lines.append(HYBRID_KEYWORDS[name])
     elif name in GGA_PAIRS:
         exchange, correlation = GGA_PAIRS[name]
@@ -523,7 +548,7 @@ def _basis_lines(atoms: Atoms, p: Mapping[str, Any]) -> list[str]:
         names = ", ".join(chemical_symbols[z] for z in missing)
         raise InputError(f"basis_sets has no basis for {names}")
     lines: list[str] = []
-    for z in sorted({int(z) for z in atoms.numbers}):
+    for z in dict.fromkeys(int(z) for z in atoms.numbers):  # first-appearance order
         lines += by_z[z].splitlines()
     return lines + ["99 0", "END"]
 
@@ -533,7 +558,7 @@ def _atomspin_labels(atoms: Atoms, mode: str, sym: SymmetricCell | None) -> list
     if mode != "symmetry" or sym is None:
         return [(i + 1, s) for i, s in enumerate(_spins(atoms)) if s]
     # CRYSTAL lists the atoms of each irreducible atom together, in input order.
-    points = _CENTRING_POINTS[sym.centring]
+    points = CENTRING_POINTS[sym.centring]
     labels, label = [], 1
     for (_z, _frac, spin), mult in zip(sym.asym, sym.multiplicity, strict=True):
         count = mult // points
@@ -549,7 +574,7 @@ def _scf_lines(atoms: Atoms, step: str, p: Mapping[str, Any], mode: str,
     lines = _dft_lines(p, magnetic)
     if str(p["functional"]).upper() == "HF" and magnetic:
         lines.append("UHF")
-    shrink = [] if _dimensionality(atoms) == 0 else shrink_factors(atoms, p)
+    shrink = [] if dimensionality(atoms) == 0 else shrink_factors(atoms, p)
     if shrink:
         lines.append("SHRINK")
         lines += [" ".join(str(v) for v in record) for record in shrink]
@@ -578,7 +603,11 @@ def _scf_lines(atoms: Atoms, step: str, p: Mapping[str, Any], mode: str,
         if labels:
             lines += ["ATOMSPIN", str(len(labels))]
             lines += [f"{label} {spin}" for label, spin in labels]
-        total = int(round(float(sum(atoms.get_initial_magnetic_moments()))))
+        total_input = float(sum(atoms.get_initial_magnetic_moments()))
+        if mode == "symmetry" and sym is not None:  # per CRYSTAL's primitive cell
+            primitive = _PRIMITIVE[sym.centring] @ sym.lattice
+            total_input *= abs(np.linalg.det(primitive)) / atoms.cell.volume
+        total = int(round(total_input))
         if p.get("spinlock_cycles"):
             lines += ["SPINLOCK", f"{total} {int(p['spinlock_cycles'])}"]
     if p.get("ppan"):
@@ -592,7 +621,7 @@ def _step_lines(atoms: Atoms, step: str, p: Mapping[str, Any]) -> list[str]:
         opt = p["opt"]
         lines = ["OPTGEOM"]
         kind = str(opt.get("type") or "FULLOPTG").upper()
-        if _dimensionality(atoms) == 0 and kind == "FULLOPTG":
+        if dimensionality(atoms) == 0 and kind == "FULLOPTG":
             kind = "ATOMONLY"  # a molecule has no cell to optimise
         if kind not in ("FULLOPTG", "CELLONLY", "ATOMONLY", "ITATOCEL"):
             raise InputError(f"opt.type must be FULLOPTG, CELLONLY, ATOMONLY or ITATOCEL: {kind}")
@@ -619,7 +648,7 @@ def render_d12(atoms: Atoms, step: str, params: Mapping[str, Any] | None = None)
     if len(atoms) == 0:
         raise InputError("structure has no atoms")
     p = merge_params(params)
-    dims = _dimensionality(atoms)
+    dims = dimensionality(atoms)
     conv = _conv_numbers(atoms, p)
     mode = geometry_mode(atoms, p)
     sym = symmetric_cell(atoms, float(p["symprec"])) if mode == "symmetry" else None
@@ -692,6 +721,35 @@ def atoms_from_deck(deck: deckmod.Deck, fort34: str | None = None) -> Atoms:
         return Atoms(numbers=numbers, positions=pos, cell=[[a, 0, 0], [0, 500, 0], [0, 0, 500]],
                      pbc=(True, False, False))
     return Atoms(numbers=numbers, positions=coords, pbc=False)
+
+
+def atoms_from_geometry(geometry: Mapping[str, Any]) -> Atoms:
+    """An ``ase.Atoms`` from a geometry the parser read (``initial_geometry`` or
+    ``final_geometry`` of ``ParseResult.properties``), e.g. to continue from the
+    optimised structure. Non-periodic directions get CRYSTAL's formal 500 Angstrom."""
+    dims = int(geometry["dimensionality"])
+    atoms_data = geometry["atoms"]
+    numbers = [int(a["z"]) % 100 for a in atoms_data]
+    coords = np.array([a["position"] for a in atoms_data], dtype=float)
+    pbc = [i < dims for i in range(3)]
+    if dims == 0:
+        return Atoms(numbers=numbers, positions=coords, pbc=False)
+    lat = geometry["lattice"]
+    cell = Cell.fromcellpar([lat[k] for k in ("a", "b", "c", "alpha", "beta", "gamma")])
+    if dims == 3:
+        return Atoms(numbers=numbers, scaled_positions=coords, cell=cell, pbc=True)
+    positions = coords[:, :dims] @ np.array(cell[:dims])
+    normal = [np.zeros(3) for _ in range(3 - dims)]
+    if dims == 2:
+        normal = [np.cross(cell[0], cell[1]) / np.linalg.norm(np.cross(cell[0], cell[1]))]
+        positions = positions + coords[:, 2:3] * normal[0]
+    else:  # polymer: y and z in Angstrom, perpendicular to a
+        e1 = np.array(cell[0]) / np.linalg.norm(cell[0])
+        e2 = np.cross([0.0, 0.0, 1.0], e1) if abs(e1[2]) < 0.9 else np.cross([1.0, 0, 0], e1)
+        e2 /= np.linalg.norm(e2)
+        e3 = np.cross(e1, e2)
+        positions = positions + coords[:, 1:2] * e2 + coords[:, 2:3] * e3
+    return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
 
 
 def _full_cellpar(group: int, params: Sequence[float], flags: Sequence[int]) -> list[float]:

@@ -65,7 +65,7 @@ def band_path(atoms: Atoms, params: Mapping[str, Any] | None = None) -> tuple[
         list[tuple[str, str]], dict[str, np.ndarray]]:
     """Segments (label pairs) and special points of the standard path for CRYSTAL's cell."""
     _, p12 = merge_d3_params(params)
-    dims = d12._dimensionality(atoms)
+    dims = d12.dimensionality(atoms)
     if dims == 0:
         raise d12.InputError("a molecule has no band structure")
     cell = Cell(d12.crystal_cell(atoms, p12))
@@ -80,7 +80,7 @@ def band_path(atoms: Atoms, params: Mapping[str, Any] | None = None) -> tuple[
 
 def _electrons_in_crystal_cell(atoms: Atoms, p12: Mapping[str, Any]) -> float:
     cell = d12.crystal_cell(atoms, p12)
-    ratio = abs(np.linalg.det(cell)) / abs(atoms.cell.volume) if d12._dimensionality(
+    ratio = abs(np.linalg.det(cell)) / abs(atoms.cell.volume) if d12.dimensionality(
         atoms) == 3 else 1.0
     return float(sum(atoms.numbers)) * ratio
 
@@ -127,7 +127,7 @@ def _element_projections(atoms: Atoms, p12: Mapping[str, Any]) -> list[list[int]
     if mode == "symmetry":
         sym = d12.symmetric_cell(atoms, float(p12["symprec"]))
         if sym is not None:
-            points = d12._CENTRING_POINTS[sym.centring]
+            points = d12.CENTRING_POINTS[sym.centring]
             for (z, _frac, _spin), mult in zip(sym.asym, sym.multiplicity, strict=True):
                 order += [z] * (mult // points)
     if not order:
@@ -141,7 +141,7 @@ def _element_projections(atoms: Atoms, p12: Mapping[str, Any]) -> list[list[int]
 def render_newk_doss(atoms: Atoms, params: Mapping[str, Any] | None = None) -> str:
     """NEWK (the SCF mesh by default) and DOSS over the band window, projected per element."""
     d3p, p12 = merge_d3_params(params)
-    if d12._dimensionality(atoms) == 0:
+    if d12.dimensionality(atoms) == 0:
         raise d12.InputError("NEWK/DOSS needs a periodic structure")
     if d3p["dos_shrink"]:
         shrink = [[int(v) for v in d3p["dos_shrink"]]]

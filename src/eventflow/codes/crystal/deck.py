@@ -96,6 +96,7 @@ class Basis:
     line: int
     end: int
     keywords: tuple[Entry, ...] = ()
+    atom_spans: tuple[tuple[int, int], ...] = ()  # first and last line of each atom's basis
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -589,11 +590,13 @@ def _read_basis(reader: _Reader, unknown: list[str]) -> Basis:
         (name,), _, end = reader.record("w", "BASISSET's library name")
         return Basis(internal=str(name), atoms=(), line=start, end=end)
     atoms = []
+    spans = []
     while True:
         (z, nshell), z_line, _ = reader.record("ii", "a basis set atom record (Z NSHELL)")
         if int(z) == 99:
             break
         atoms.append(int(z))
+        spans.append([z_line, z_line])
         if int(z) > 200 and int(z) < 1000 or reader.peek_word() in _ECP_KEYWORDS:
             ecp = reader.peek_word()
             if ecp in _ECP_KEYWORDS:
@@ -603,17 +606,18 @@ def _read_basis(reader: _Reader, unknown: list[str]) -> Basis:
                     for _k in range(sum(int(v) for v in header[1:])):
                         reader.record("fff", "a pseudopotential term")
         for s in range(int(nshell)):
-            shell, _, _ = reader.record(
+            shell, _, last = reader.record(
                 "iiiff", f"shell {s + 1} of atom {z} (ITYB LAT NG CHE SCAL)"
             )
             ityb, lat, ng = int(shell[0]), int(shell[1]), int(shell[2])
             if ityb == 0:
                 spec = "fff" if lat == 1 else "ff"
                 for _g in range(ng):
-                    reader.record(spec, f"a primitive of shell {s + 1} of atom {z}")
-        del z_line
+                    _, _, last = reader.record(spec, f"a primitive of shell {s + 1} of atom {z}")
+            spans[-1][1] = last
     keywords, end = _read_keywords(reader, BASIS_KEYWORDS, "basis set", unknown)
-    return Basis(internal=None, atoms=tuple(atoms), line=start, end=end, keywords=tuple(keywords))
+    return Basis(internal=None, atoms=tuple(atoms), line=start, end=end, keywords=tuple(keywords),
+                 atom_spans=tuple((a, b) for a, b in spans))
 
 
 def parse_deck(text: str) -> Deck:

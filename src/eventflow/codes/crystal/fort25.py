@@ -18,7 +18,9 @@ Two formats, both plain text:
   NSPIN s``, ``# EFERMI (HARTREE) e``), ``@`` plot commands, one row per point,
   spins separated by a line ``&``.
 
-All energies are Hartree, as written.
+All energies are Hartree, as written. fort.25 energies are absolute; BAND.DAT and
+DOSS.DAT energies are relative to the Fermi level (the top of the valence band
+for insulators), whose absolute value is the ``# EFERMI (HARTREE)`` line.
 """
 
 from __future__ import annotations

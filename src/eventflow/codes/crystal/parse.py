@@ -31,7 +31,10 @@ from eventflow.codes.crystal import patterns
 PARSER_NAME = "crystal"
 PARSER_VERSION = "1"
 
-_BANNER = re.compile(r"^ \*[ \t]+CRYSTAL(\d\d)[ \t]+\*[ \t]*$", re.M)
+# The banner line " *   CRYSTAL17   *", always below the box's top border, so it
+# follows a newline; the literal prefix keeps the search fast.
+_BANNER = re.compile(r"\n \*[ \t]+CRYSTAL(\d\d)[ \t]+\*[ \t\r]*(?=\n|$)")
+_BANNER_FIRST_LINE = re.compile(r" \*[ \t]+CRYSTAL(\d\d)[ \t]+\*[ \t\r]*(?=\n|$)")
 _PUBLIC = re.compile(r"public\s*:\s*(\d+(?:\.\d+)+)")
 _VSTRING = re.compile(r"\b[vV](\d+)[._](\d+)[._](\d+)")
 _RELEASE = re.compile(r"Release\s*:?\s*(\d+(?:\.\d+)+)")
@@ -72,7 +75,8 @@ _CELL_VALUES = re.compile(
     r"([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)"
 )
 _ATOM_LINE = re.compile(
-    r"^\s*\d+\s+[TF]\s+(\d+)\s+([A-Z][A-Z]?)\s+(\S+)\s+(\S+)\s+(\S+)[ \t]*$", re.M
+    r"^\s*\d+\s+[TF]\s+(\d+)\s+([A-Z][A-Z]?)\s+(\S+)\s+(\S+)\s+(\S+)(?:[ \t]+\S+)?[ \t]*$",
+    re.M,
 )
 _ATOM_HEADER = re.compile(r"ATOM\s+(X\S*)\s+(Y\S*)\s+(Z\S*)")
 _SCF_START = re.compile(r"^ CYC +\d+ ", re.M)
@@ -104,7 +108,7 @@ def detect(text: str) -> bool:
     authors box is required, so a scheduler log or a path naming CRYSTAL is not enough.
     """
     head = text[:200_000]
-    if _BANNER.search(head) is None:
+    if _BANNER.search(head) is None and _BANNER_FIRST_LINE.match(head) is None:
         return False
     return "EEEEEEEEEE STARTING" in text or "MAIN AUTHORS" in head
 
@@ -162,17 +166,21 @@ def _version(text: str, banner: int) -> str | None:
 def split_runs(text: str) -> list[Run]:
     """The runs in ``text``, one per CRYSTAL banner, in order."""
     banners = list(_BANNER.finditer(text))
+    first = _BANNER_FIRST_LINE.match(text)
+    if first:
+        banners.insert(0, first)
     runs: list[Run] = []
     for i, m in enumerate(banners):
-        end = banners[i + 1].start() if i + 1 < len(banners) else len(text)
+        banner = m.start() + (text[m.start()] == "\n")  # after the newline
+        end = banners[i + 1].start() + 1 if i + 1 < len(banners) else len(text)
         if i == 0:
             header_start = 0
         else:
-            term = text.rfind(patterns.TERMINATION, runs[-1].banner, m.start())
-            header_start = (text.find("\n", term) + 1) if term != -1 else m.start()
+            term = text.rfind(patterns.TERMINATION, runs[-1].banner, banner)
+            header_start = (text.find("\n", term) + 1) if term != -1 else banner
             runs[-1] = attrs.evolve(runs[-1], end=header_start)
-        body = text[m.start():end]
-        header = text[header_start:m.start()]
+        body = text[banner:end]
+        header = text[header_start:banner]
         if "CRYSTAL - PROPERTIES" in body or "init_properties" in body:
             is_properties = True
         elif "CRYSTAL - SCF - TYPE OF CALCULATION" in body:
@@ -182,10 +190,10 @@ def split_runs(text: str) -> list[Run]:
         runs.append(
             Run(
                 header_start=header_start,
-                banner=m.start(),
+                banner=banner,
                 end=end,
                 family=f"CRYSTAL{m.group(1)}",
-                version=_version(text, m.start()),
+                version=_version(text, banner),
                 is_properties=is_properties,
             )
         )

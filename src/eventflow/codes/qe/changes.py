@@ -14,6 +14,11 @@ from typing import Any
 # pw.x namelists in the order pw.x reads them; a missing one is inserted in this order.
 PW_NAMELISTS: tuple[str, ...] = ("control", "system", "electrons", "ions", "cell")
 
+# Change keys the runner itself acts on ("structure: last" renders the next attempt from
+# the last structure); they are not namelist variables, so apply_changes skips them.
+# Kept equal to eventflow.core.recovery.parse.SHELL_MARKERS (a unit test checks).
+RUNNER_MARKERS = frozenset({"structure"})
+
 # pw.x defaults (INPUT_PW), used when a change multiplies a variable the input omits.
 QE_DEFAULTS: dict[str, float] = {
     "electrons.mixing_beta": 0.7,
@@ -223,10 +228,13 @@ def apply_changes(inputs: dict[str, str], changes: dict[str, Any]) -> dict[str, 
 
     A change ``namelist.variable`` goes to every file that has that namelist; a pw.x
     namelist missing from the pw.x input (say &IONS in an scf input) is added to the
-    files with &CONTROL. A change that fits no file is an error, never silently lost.
+    files with &CONTROL. A change that fits no file is an error, never silently lost;
+    only the runner's own markers (RUNNER_MARKERS) are passed over.
     """
     result = dict(inputs)
     for change_key, spec in changes.items():
+        if change_key in RUNNER_MARKERS:
+            continue
         namelist, _ = _split_key(change_key)
         has_it = [name for name, text in result.items() if namelist in read_namelists(text)]
         if not has_it and namelist in PW_NAMELISTS:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from eventflow.codes.qe.changes import fortran_value
+from eventflow.codes.qe.changes import RUNNER_MARKERS, apply_changes, fortran_value
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -141,19 +141,22 @@ def pseudo_table(data: Any) -> PseudoTable:
     )
 
 
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULTS))
+def _params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the known parameters merged with DEFAULTS, the 'namelist.variable' settings)."""
+    namelist_settings = {k: v for k, v in params.items() if "." in k}
+    plain = {k: v for k, v in params.items() if "." not in k and k not in RUNNER_MARKERS}
+    unknown = sorted(set(plain) - set(DEFAULTS))
     if unknown:
         raise ValueError(
             f"unknown Quantum ESPRESSO parameter(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(DEFAULTS))}"
         )
-    merged = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    merged = {**DEFAULTS, **{k: v for k, v in plain.items() if v is not None}}
     if merged["pseudopotentials"] is None:
         raise ValueError(
             "params['pseudopotentials'] is missing: pass the loaded config/pseudopotentials.yaml"
         )
-    return merged
+    return merged, namelist_settings
 
 
 def reciprocal_lengths(cell: Any) -> list[float]:
@@ -399,12 +402,17 @@ def _postproc_input(namelist: str, values: dict[str, Any]) -> str:
 
 
 def render_inputs(atoms: Atoms, step: str, params: dict[str, Any]) -> dict[str, str]:
-    """Input files (name -> text) for ``step`` of ``atoms``; see DEFAULTS for ``params``."""
+    """Input files (name -> text) for ``step`` of ``atoms``.
+
+    ``params`` holds the names of DEFAULTS, plus any ``namelist.variable`` key (for example
+    ``system.nbnd`` from a workflow step, or a recovery change such as
+    ``electrons.mixing_beta``), written into the input last, as apply_changes does.
+    """
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r} for Quantum ESPRESSO; known: {', '.join(STEPS)}")
     if len(atoms) == 0:
         raise ValueError("the structure has no atoms")
-    p = _params(params)
+    p, namelist_settings = _params(params)
     table = pseudo_table(p["pseudopotentials"])
     files = {PW_INPUT: _pw_input(atoms, step, p, table)}
     common = {"prefix": p["prefix"], "outdir": p["outdir"]}
@@ -416,7 +424,7 @@ def render_inputs(atoms: Atoms, step: str, params: dict[str, Any]) -> dict[str, 
         files[DOS_INPUT] = _postproc_input(
             "DOS", {**common, "fildos": "dos.dat", "DeltaE": float(p["dos_delta_e"])}
         )
-    return files
+    return apply_changes(files, namelist_settings) if namelist_settings else files
 
 
 def run_sequence(step: str) -> list[tuple[str, str, str]]:

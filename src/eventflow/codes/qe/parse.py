@@ -447,6 +447,15 @@ class _Scan:
 
     # --- conclusions -------------------------------------------------------------------
     def calculation(self) -> str | None:
+        """The calculation type, from what pw.x printed (it does not echo the input).
+
+        ``nstep`` is printed only for ionic runs: MD once dynamics started, SCF when ASE
+        drives the ionic loop (``!ASE`` lines), VC-RELAX when a cell quantity appears
+        (press threshold, new unit-cell volume, enthalpy), else RELAX. A non-scf run
+        prints "Band Structure Calculation"; an nscf one then reports a Fermi energy or
+        the highest occupied level, a bands one does not. A run that failed right after
+        reading the .save directory is taken as BANDS (TRUTH_NOTES).
+        """
         if self.program is None:
             return None
         if not self.program.startswith("pw.x"):

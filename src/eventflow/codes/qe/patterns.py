@@ -36,9 +36,8 @@ class ErrorPattern:
     """One named failure: the kind it means and the exact texts that reveal it.
 
     ``calculations`` limits a pattern to some calculation types (the same sentence is
-    the normal end of an MD run). ``in_error_block`` marks messages that pw.x prints
-    only inside a ``%%%%`` error block; ``fallback`` claims any error block that no
-    other pattern explains.
+    the normal end of an MD run). ``fallback`` claims any ``%%%%`` error block whose
+    message no other pattern explains. ``source`` says where the text was seen.
     """
 
     name: str

@@ -7,6 +7,7 @@ the material's history, never kept here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,7 +85,7 @@ class CodeRules:
     parameters: Mapping[str, Any] = attrs.field(factory=dict)
     restarts: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
-    @property
+    @functools.cached_property
     def restart_keys(self) -> frozenset[str]:
         """Changes that only mean 'continue from the previous attempt': never carried on."""
         return frozenset(k for changes in self.restarts.values() for k in changes)

@@ -9,7 +9,6 @@ resources it ran with are its ``resources`` over the workflow step's and the def
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,13 +41,14 @@ def recoveries_used(state: Any) -> int:
                if c.recovery is not None and c.recovery.action in RESUBMITTING)
 
 
-def stage_tries(state: Any, step: str, kind: str) -> Counter[int]:
+def stage_tries(state: Any, step: str, kind: str) -> dict[int, int]:
     """Stage number -> how many attempts of ``step`` were resubmitted with it for ``kind``."""
-    tries: Counter[int] = Counter()
-    for c in state.attempts(step):
+    tries: dict[int, int] = {}
+    for c in state.calcs.values():
         r = c.recovery
-        if r is not None and r.action in RESUBMITTING and r.error_kind == kind:
-            tries[r.stage or 0] += 1
+        if r is not None and c.step == step and r.error_kind == kind and r.action in RESUBMITTING:
+            stage = r.stage or 0
+            tries[stage] = tries.get(stage, 0) + 1
     return tries
 
 
@@ -80,7 +80,7 @@ def next_plan(state: Any, calc: Any, kind: str, rule: Rule, rc: RecoveryConfig,
     code = rc.code(state.code)
     skipped: list[str] = []
     for number, stage in enumerate(rule.stages, 1):
-        if tries[number] >= stage.max_retries:
+        if tries.get(number, 0) >= stage.max_retries:
             continue
         plan = _plan_stage(number, stage, state, calc, code, rule, rc, workflows)
         if isinstance(plan, str):
@@ -95,10 +95,13 @@ def next_plan(state: Any, calc: Any, kind: str, rule: Rule, rc: RecoveryConfig,
 
 def _plan_stage(number: int, stage: Stage, state: Any, calc: Any, code: CodeRules, rule: Rule,
                 rc: RecoveryConfig, workflows: Mapping[str, Any]) -> Plan | str:
-    carried = {k: v for k, v in calc.changes.items() if k not in code.restart_keys}
-    params = (carried, state.params, step_params(state, calc, workflows), code.parameters)
+    restart_keys = code.restart_keys
+    carried = {k: v for k, v in calc.changes.items() if k not in restart_keys}
     changes = dict(carried)
     details: list[str] = []
+    params: tuple[Mapping[str, Any], ...] = ()
+    if stage.set or stage.multiply:
+        params = (carried, state.params, step_params(state, calc, workflows), code.parameters)
     for key, value in stage.set.items():
         if _lookup(key, params) != value:
             changes[key] = value
@@ -111,7 +114,7 @@ def _plan_stage(number: int, stage: Stage, state: Any, calc: Any, code: CodeRule
             details.append(f"{key}={value}" if _numeric(base) else f"{key} x{factor:g}")
     resources = {k: v for k, v in calc.resources.items() if k not in TRANSIENT_RESOURCES}
     blocked: list[str] = []
-    current = effective_resources(state, calc, rc, workflows)
+    current = effective_resources(state, calc, rc, workflows) if stage.resources else {}
     for name, factor in stage.resources.items():
         changed = _scale_resource(name, factor, current.get(name), rule.caps)
         if isinstance(changed, str):

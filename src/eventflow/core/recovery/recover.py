@@ -54,17 +54,17 @@ def recover(state: Any, calc: Any, rec: ev.Recorded, config: Any) -> list[cmd.Co
     if rule is None:
         return _escalate(state, calc, kind, f"{failed}; recovery.yaml has no rule for this "
                                             f"failure. Look at the output in {calc.directory}.")
-    used = recoveries_used(state)
-    if used >= rc.max_recoveries_per_material:
-        return _escalate(state, calc, kind, f"{failed}; the material already had {used} "
-                                            "automatic recoveries (limits."
-                                            "max_recoveries_per_material).", rule.instructions)
     plan = next_plan(state, calc, kind, rule, rc, config.workflows)  # type: ignore[arg-type]
     if isinstance(plan, str):
         why = f"{failed}; {plan}."
         if rule.exhausted == "give_up":
             return _give_up(state, calc, kind, why, rule.instructions, config)
         return _escalate(state, calc, kind, why, rule.instructions)
+    used = recoveries_used(state)
+    if used >= rc.max_recoveries_per_material:
+        return _escalate(state, calc, kind, f"{failed}; the material already had {used} "
+                                            "automatic recoveries (limits."
+                                            "max_recoveries_per_material).", rule.instructions)
     return _resubmit(state, calc, kind, plan, rec.recorded_at)  # type: ignore[arg-type]
 
 

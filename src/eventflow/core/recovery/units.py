@@ -42,7 +42,7 @@ def format_memory(mb: int) -> str:
 
 
 def walltime_seconds(value: Any) -> int:
-    """Seconds in a SLURM time spec: minutes (a number), ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``.
+    """Seconds in a SLURM time spec: minutes, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``.
 
     These are the forms ``sbatch --time`` accepts; a bare number is minutes, as there.
     """

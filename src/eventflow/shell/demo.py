@@ -1,0 +1,161 @@
+"""The main job: full_characterization of the bundled materials with real pw.x, watched live.
+
+    python -m eventflow.shell.demo [PROJECT_DIR]
+
+Creates (or continues) a project, adds the materials of examples/materials.yaml,
+runs the watcher in this process with a live table until every material is
+completed or needs attention, then prints the properties and writes band
+structure and DOS plots (PNG) into PROJECT_DIR/plots/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eventflow.errors import EventflowError
+from eventflow.shell.api import Tracker
+from eventflow.shell.runner import Runner
+from eventflow.shell.watcher import _scheduler_for, setup_logging
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+DONE = ("completed", "needs_attention", "cancelled")
+SHOWN = ("total_energy_ev", "energy_per_atom_ev", "band_gap_ev", "direct_gap_ev",
+         "fermi_energy_ev", "a_ang", "volume_ang3", "pressure_kbar")
+
+
+def add_materials(tracker: Tracker, examples: Path) -> list[str]:
+    spec = yaml.safe_load((examples / "materials.yaml").read_text())
+    ids = []
+    for item in spec["materials"]:
+        ids.append(tracker.create_material(
+            examples / "materials" / item["file"], material_id=item["id"], source="example",
+            workflow=item.get("workflow", "full_characterization"), code=item.get("code", "qe"),
+            params=item.get("set") or {}))
+    return ids
+
+
+def table(tracker: Tracker, started: float) -> Any:
+    from rich.table import Table
+
+    rows = tracker.projections.materials()
+    calcs = tracker.projections.calculations()
+    t = Table(title=f"eventflow main job - {time.monotonic() - started:.0f} s")
+    for col in ("material", "state", "OPT", "SP", "BAND", "DOS", "note"):
+        t.add_column(col)
+    for row in rows:
+        cells = []
+        for step in ("OPT", "SP", "BAND", "DOS"):
+            mine = [c for c in calcs if c["material_id"] == row["id"] and c["step"] == step]
+            cells.append(" ".join(
+                f"{c['state']}" + (f"({c['error_kind']})" if c["error_kind"] else "")
+                for c in mine) or "-")
+        t.add_row(row["id"], row["state"], *cells, (row["reason"] or "")[:50])
+    return t
+
+
+def properties_table(tracker: Tracker) -> Any:
+    from rich.table import Table
+
+    t = Table(title="properties (latest value per material)")
+    t.add_column("material")
+    for name in SHOWN:
+        t.add_column(name)
+    for row in tracker.projections.materials():
+        latest: dict[str, Any] = {}
+        for p in tracker.projections.properties(row["id"]):
+            latest[p["name"]] = p["value"]
+        t.add_row(row["id"], *(f"{latest[n]:.4f}" if isinstance(latest.get(n), float)
+                               else str(latest.get(n, "")) for n in SHOWN))
+    return t
+
+
+def plots(tracker: Tracker, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eventflow.codes.qe import postproc
+
+    out.mkdir(exist_ok=True)
+    written = []
+    root = tracker.project.root
+    for row in tracker.projections.materials():
+        calcs = {c["step"]: c for c in tracker.projections.calculations(row["id"])
+                 if c["state"] == "completed"}
+        band, dos = calcs.get("BAND"), calcs.get("DOS")
+        if band is None and dos is None:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4), gridspec_kw={"width_ratios": [2, 1]})
+        fermi = None
+        if dos is not None:
+            points, fermi = postproc.read_dos((root / dos["directory"] / "dos.dat").read_text())
+            axes[1].plot([d for _, d in points], [e for e, _ in points], color="k", lw=0.8)
+            axes[1].set_xlabel("DOS (states/eV)")
+        if band is not None:
+            for b in postproc.read_bands_gnu(
+                    (root / band["directory"] / "bands.dat.gnu").read_text()):
+                axes[0].plot([k for k, _ in b], [e for _, e in b], color="tab:blue", lw=0.8)
+            axes[0].set_xlabel("k (path length)")
+        for ax in axes:
+            if fermi is not None:
+                ax.axhline(fermi, color="tab:red", ls="--", lw=0.7)
+        axes[0].set_ylabel("E (eV)")
+        fig.suptitle(f"{row['id']} ({row['formula']}): bands and DOS, pw.x")
+        fig.tight_layout()
+        path = out / f"{row['id']}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("project", nargs="?", default="demo-run", help="project folder")
+    parser.add_argument("--timeout", type=float, default=1800, help="give up after (s)")
+    args = parser.parse_args(argv)
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    try:
+        tracker = Tracker.init(args.project)
+        setup_logging(tracker.project.state_dir / "watcher.log", as_json=False, echo=False)
+        ids = add_materials(tracker, EXAMPLES)
+        scheduler, why = _scheduler_for(tracker)
+        console.print(f"[bold]eventflow main job[/bold]: {len(ids)} materials in "
+                      f"{tracker.project.root}\n{why}")
+        runner = Runner(tracker, scheduler)
+        started = time.monotonic()
+        with Live(table(tracker, started), console=console, refresh_per_second=2) as live:
+            while True:
+                runner.cycle()
+                live.update(table(tracker, started))
+                states = [m["state"] for m in tracker.projections.materials()]
+                if all(s in DONE for s in states):
+                    break
+                if time.monotonic() - started > args.timeout:
+                    raise EventflowError(f"not finished after {args.timeout:.0f} s")
+                time.sleep(1.0)
+        console.print(properties_table(tracker))
+        for path in plots(tracker, tracker.project.root / "plots"):
+            console.print(f"plot: {path}")
+        for m in tracker.projections.materials():
+            if m["state"] != "completed":
+                console.print(f"[yellow]{m['id']}: {m['state']}[/yellow] {m['reason']}")
+        console.print(f"whole story of a material: eventflow --project {args.project} show Si")
+        return 0
+    except EventflowError as exc:
+        print(f"eventflow: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
