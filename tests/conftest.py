@@ -40,9 +40,9 @@ def slurm_available() -> bool:
 
 @pytest.fixture
 def need_slurm() -> None:
-    require(slurm_available(), "no running SLURM cluster (start one with slurm/local-cluster start)")
+    require(slurm_available(), "no running SLURM cluster (start one: slurm/local-cluster start)")
 
 
 @pytest.fixture
 def need_pwx() -> None:
-    require(shutil.which("pw.x") is not None, "pw.x not installed (apt-get install quantum-espresso)")
+    require(shutil.which("pw.x") is not None, "no pw.x (apt-get install quantum-espresso)")

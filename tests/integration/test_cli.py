@@ -101,7 +101,9 @@ def test_replay_until_does_not_touch_live_projections(project: Path) -> None:
     rows = sqlite3.connect(out).execute("SELECT id, state FROM materials").fetchall()
     assert rows == [("Si0", "running")]
     assert live.read_bytes() == before
-    later = json.loads(run("replay", "--until", "2099-01-01T00:00:00", "--json", cwd=project).stdout)
+    later = json.loads(
+        run("replay", "--until", "2099-01-01T00:00:00", "--json", cwd=project).stdout
+    )
     assert len(later["materials"]) == 3
 
 

@@ -152,8 +152,8 @@ def test_scancel_and_a_failing_script_are_recorded_with_their_reasons(
                           params={"command": ["bash", "-c", "exit 3"], "fail_kind": "input_error"})
     eventflow(project, "watch", "--once", "--quiet")
     slurm = SlurmScheduler()
-    wait_for(lambda: [j.state for j in slurm.find(job_name(pid(project), f"{cancelme}/SP/1"))] == ["RUNNING"],
-             60, "the job to run")
+    name = job_name(pid(project), f"{cancelme}/SP/1")
+    wait_for(lambda: [j.state for j in slurm.find(name)] == ["RUNNING"], 60, "the job to run")
     job = slurm.find(job_name(pid(project), f"{cancelme}/SP/1"))[0].job_id
     subprocess.run(["scancel", job], check=True)
     wait_for(lambda: (project / "calcs" / cancelme / "SP" / "1" / "eventflow-done.json")

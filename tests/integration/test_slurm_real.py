@@ -211,10 +211,28 @@ def test_sbatch_refusals_carry_slurms_message(slurm: SlurmScheduler, tmp_path: P
         slurm.submit(script, _name("refused"), job_dir)
 
 
-def test_this_cluster_answers_and_has_no_accounting(slurm: SlurmScheduler,
-                                                    tmp_path: Path) -> None:
-    assert slurm.ping()
-    assert slurm.sacct_works is False  # accounting_storage/none: states() must do without sacct
+def test_accounting_is_detected_and_used_only_when_it_works(slurm: SlurmScheduler,
+                                                           tmp_path: Path) -> None:
+    """slurm/local-cluster runs without accounting by default (sacct cannot answer) and with
+    it under EVENTFLOW_SLURM_ACCOUNTING=yes; the scheduler must tell which, and use sacct then."""
+    config = run_command(["scontrol", "show", "config"], 30).stdout
+    storage = next(line.split("=", 1)[1].strip() for line in config.splitlines()
+                   if line.startswith("AccountingStorageType"))
+    assert slurm.sacct_works is (storage != "accounting_storage/none")
+    job_id, name, _ = _submit(slurm, tmp_path, "acct", [["bash", "-c", "exit 2"]])
+    _wait(slurm, job_id)
+    if not slurm.sacct_works:
+        assert slurm.sacct_states([job_id]) == {}
+        return
+    deadline = time.monotonic() + WAIT  # slurmctld sends job records to slurmdbd asynchronously
+    while (info := slurm.sacct_states([job_id]).get(job_id)) is None or not info.finished:
+        assert time.monotonic() < deadline, "sacct never saw the job end"
+        time.sleep(1)
+    assert (info.name, info.state, info.exit_code) == (name, "FAILED", 2)
+
+
+def test_auto_chooses_the_running_cluster(tmp_path: Path) -> None:
     chosen, why = choose_scheduler("auto", tmp_path)
     assert isinstance(chosen, SlurmScheduler)
+    assert chosen.ping()
     assert "scontrol ping answers" in why

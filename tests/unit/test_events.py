@@ -14,7 +14,7 @@ from tests.strategies import any_event
 def test_every_event_type_is_past_tense_and_versioned() -> None:
     assert len(ev.EVENT_TYPES) >= 15
     for name, cls in ev.EVENT_TYPES.items():
-        assert cls.TYPE == name
+        assert name == cls.TYPE
         assert cls.VERSION >= 1
         assert name[0].isupper() and "_" not in name
 

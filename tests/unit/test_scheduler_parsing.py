@@ -209,7 +209,65 @@ def test_submit_errors_carry_sbatchs_words(tmp_path: Path) -> None:
         SlurmScheduler(runner=replay).submit(tmp_path / "job.sh", "ef-x", tmp_path)
 
 
-def test_sacct_rows_parse() -> None:
-    (row,) = parse_sacct("4|CANCELLED by 0|0:15|None|vm|ef-x\n4.batch|CANCELLED|0:15||vm|batch\n"
-                         ).values()
-    assert (row.job_id, row.state, row.signal, row.name) == ("4", "CANCELLED", 15, "ef-x")
+SACCT_MADE_TO = {
+    "ef-capture-node_failure": "NODE_FAIL",
+    "ef-capture-completed": "COMPLETED",
+    "ef-capture-exit3": "FAILED",
+    "ef-capture-running": "CANCELLED",  # scancel'd while running
+    "ef-capture-oom": "OUT_OF_MEMORY",
+    "ef-capture-time_limit": "TIMEOUT",
+    "ef-capture-pending": "CANCELLED",  # scancel'd while pending
+}
+
+
+def test_sacct_rows_give_each_jobs_final_state() -> None:
+    """Captured with accounting (EVENTFLOW_SLURM_ACCOUNTING=yes slurm/local-cluster start)."""
+    jobs = _by_name(parse_sacct(_text("sacct_jobs.txt")))
+    assert {name: info.state for name, info in jobs.items()} == SACCT_MADE_TO
+    assert jobs["ef-capture-exit3"].exit_code == 3
+    assert jobs["ef-capture-pending"].node is None  # sacct prints "None assigned"
+    assert jobs["ef-capture-completed"].reason is None
+
+
+def test_sacct_step_rows_are_not_jobs() -> None:
+    with_steps = parse_sacct(_text("sacct_with_steps.txt"))
+    assert with_steps == parse_sacct(_text("sacct_jobs.txt"))
+    assert "batch" not in {info.name for info in with_steps.values()}
+
+
+def _accounting_replay(extra: dict[str, CommandResult]) -> Replay:
+    return Replay({
+        "scontrol show config": CommandResult(0, _text("scontrol_show_config_accounting.txt"), ""),
+        **extra,
+    })
+
+
+def test_sacct_answers_for_jobs_that_left_slurmctlds_memory() -> None:
+    """After MinJobAge squeue and scontrol forget a job; with accounting, sacct still knows."""
+    sacct = _text("sacct_jobs.txt")
+    ids = {info.name: job_id for job_id, info in parse_sacct(sacct).items()}
+    timeout, exit3 = ids["ef-capture-time_limit"], ids["ef-capture-exit3"]
+    replay = _accounting_replay({
+        "squeue": CommandResult(1, "", _text("squeue_unknown_id.txt")),
+        "sacct": CommandResult(0, sacct, ""),
+    })
+    slurm = SlurmScheduler(runner=replay)
+    assert slurm.sacct_works is True
+    states = slurm.states([timeout, exit3])
+    assert states[timeout].state == "TIMEOUT"
+    assert (states[exit3].state, states[exit3].exit_code) == ("FAILED", 3)
+    sacct_calls = [c for c in replay.calls if c[0] == "sacct"]
+    assert len(sacct_calls) == 1
+    assert f"--jobs={timeout},{exit3}" in sacct_calls[0]
+    assert "--allocations" in sacct_calls[0]
+
+
+def test_find_asks_sacct_too_when_accounting_works() -> None:
+    replay = _accounting_replay({
+        "squeue": CommandResult(0, "", ""),
+        "sacct": CommandResult(0, _text("sacct_by_name.txt"), ""),
+    })
+    found = SlurmScheduler(runner=replay).find("ef-capture-exit3")
+    assert [(i.name, i.state, i.exit_code) for i in found] == [("ef-capture-exit3", "FAILED", 3)]
+    (sacct_call,) = [c for c in replay.calls if c[0] == "sacct"]
+    assert "--name=ef-capture-exit3" in sacct_call

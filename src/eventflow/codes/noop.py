@@ -35,7 +35,9 @@ class NoopPlugin:
     def apply_changes(self, inputs: dict[str, str], changes: dict[str, Any]) -> dict[str, str]:
         return dict(inputs)
 
-    def interpret(self, text: str | None, exit_code: int | None, params: dict[str, Any]) -> ParseResult:
+    def interpret(
+        self, text: str | None, exit_code: int | None, params: dict[str, Any]
+    ) -> ParseResult:
         if exit_code == 0:
             return self.parse(text or "")
         kind = str(params.get("fail_kind", "truncated"))

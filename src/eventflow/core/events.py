@@ -22,7 +22,7 @@ SYSTEM_STREAM = "_system"
 
 
 class UnknownEventError(ValueError):
-    """A stored event whose type or version this eventflow does not know (written by a newer one)."""
+    """A stored event whose type or version this eventflow does not know (a newer one wrote it)."""
 
 
 @attrs.frozen

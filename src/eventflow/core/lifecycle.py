@@ -119,7 +119,9 @@ class CompiledLifecycle:
         for condition, dest in options:
             if condition is None or (conditions is not None and conditions[condition]()):
                 return dest
-        raise IllegalTransition(f"{self.name}: {trigger} has no applicable transition from {state!r}")
+        raise IllegalTransition(
+            f"{self.name}: {trigger} has no applicable transition from {state!r}"
+        )
 
 
 def build_machine(states: tuple[str, ...], transitions: tuple[dict[str, Any], ...]) -> Machine:

@@ -236,7 +236,8 @@ class Tracker:
 
     def get_materials_by_status(self, status: str) -> list[dict[str, Any]]:
         if status not in MATERIAL_STATES:
-            raise EventflowError(f"unknown state {status!r}; use one of {', '.join(MATERIAL_STATES)}")
+            known = ", ".join(MATERIAL_STATES)
+            raise EventflowError(f"unknown state {status!r}; use one of {known}")
         self.projections.catch_up(self.store)
         return self.projections.materials(status)
 

@@ -64,7 +64,8 @@ def _status_table(rows: list[dict[str, Any]], title: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("material", "formula", "workflow", "state", "step", "attempts", "updated", "reason"):
+    columns = ("material", "formula", "workflow", "state", "step", "attempts", "updated", "reason")
+    for col in columns:
         table.add_column(col)
     for r in rows:
         table.add_row(

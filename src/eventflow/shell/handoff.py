@@ -21,7 +21,6 @@ from eventflow.shell.jobs import copy_tree
 from eventflow.shell.parsing import read_text
 from eventflow.shell.project import Project
 
-
 # What a step copies from its prerequisite (source, destination), for plugins that do not say.
 DEFAULT_HANDOFF: dict[str, dict[str, list[tuple[str, str]]]] = {
     "qe": {"BAND": [("out", "out")], "DOS": [("out", "out")]},

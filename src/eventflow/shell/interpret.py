@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from eventflow.core import commands as cmd
 from eventflow.codes.slurm import kind_from_state
+from eventflow.core import commands as cmd
 from eventflow.core import events as ev
 from eventflow.core.policy import PolicyConfig
 from eventflow.core.state import CalcState, MaterialState
@@ -93,9 +93,8 @@ def interpret(
     kind = result.error_kind
     if time_limit and kind in (None, "truncated"):
         kind = "walltime"
-    elif scheduler_kind is not None and kind in (None, "truncated") and exit_code not in (0, None):
-        kind = scheduler_kind
-    elif scheduler_kind is not None and result.status == "ok" and exit_code not in (0, None):
+    elif (scheduler_kind is not None and exit_code not in (0, None)
+          and (kind in (None, "truncated") or result.status == "ok")):
         kind = scheduler_kind
     evidence = [f.to_dict() for f in result.errors]
     if scheduler_kind is not None and kind == scheduler_kind:

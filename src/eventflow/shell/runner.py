@@ -264,7 +264,8 @@ class Runner:
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
         _crash_point("before_sbatch")
         try:
-            job_id = self.scheduler.submit(script, job_name(self.project.project_id, calc.id), script.parent)
+            name = job_name(self.project.project_id, calc.id)
+            job_id = self.scheduler.submit(script, name, script.parent)
         except SubmitError as exc:
             self._submit_failed(state, calc, str(exc), report)
             return

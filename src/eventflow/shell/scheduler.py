@@ -352,6 +352,12 @@ class SlurmScheduler:
             return {}
         return parse_sacct(result.stdout)
 
+    def sacct_states(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        """What accounting says about ``job_ids`` ({} when sacct does not work here)."""
+        if not job_ids or not self.sacct_works:
+            return {}
+        return self._sacct(f"--jobs={','.join(str(j) for j in job_ids)}")
+
     def _with_exit_codes(self, jobs: dict[str, JobInfo]) -> dict[str, JobInfo]:
         """squeue knows no exit codes: ask scontrol about the jobs that have finished."""
         detailed = dict(jobs)
@@ -370,9 +376,7 @@ class SlurmScheduler:
             if not re.fullmatch(r"\d+(?:_\d+)?", job_id):
                 raise ValueError(f"{job_id!r} is not a SLURM job id")
         known = self._with_exit_codes(self._squeue(f"--jobs={','.join(ids)}"))
-        missing = [j for j in ids if j not in known]
-        if missing and self.sacct_works:
-            known.update(self._sacct(f"--jobs={','.join(missing)}"))
+        known.update(self.sacct_states([j for j in ids if j not in known]))
         return {j: known.get(j, JobInfo(job_id=j)) for j in ids}
 
     def find(self, job_name: str) -> list[JobInfo]:

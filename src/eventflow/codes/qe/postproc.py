@@ -65,7 +65,7 @@ def band_gap(bands: list[list[tuple[float, float]]], n_occupied: int) -> dict[st
     cbm = min(e for _, e in conduction)
     if cbm <= vbm:
         return {}
-    direct = min(c - v for (_, v), (_, c) in zip(valence, conduction))
+    direct = min(c - v for (_, v), (_, c) in zip(valence, conduction, strict=False))
     return {"band_gap_ev": cbm - vbm, "direct_gap_ev": direct, "vbm_ev": vbm, "cbm_ev": cbm}
 
 
