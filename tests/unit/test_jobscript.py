@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from eventflow.core.jobscript import (
     RECORD_NAME,
@@ -132,6 +133,12 @@ def test_from_mapping_names_the_source_and_the_unknown_key() -> None:
     r = Resources.from_mapping({"time": 30, "modules": ["QuantumESPRESSO/7.2-foss-2022a"]})
     assert r.time == "30" and r.modules == ("QuantumESPRESSO/7.2-foss-2022a",)
     assert r.merged({"time": "02:00:00"}).time == "02:00:00"
+
+
+def test_the_shipped_cluster_defaults_are_valid() -> None:
+    config = yaml.safe_load((REPO / "config" / "cluster.yaml").read_text())
+    defaults = Resources.from_mapping(config["defaults"], source="config/cluster.yaml")
+    assert walltime_seconds(defaults.time) > defaults.effective_signal_seconds
 
 
 def test_the_time_limit_warning_comes_at_most_half_way() -> None:
@@ -305,7 +312,8 @@ def test_scratch_copies_inputs_there_and_results_back(tmp_path: Path) -> None:
     (job / "unlisted.txt").write_text("stays behind\n")
     spec = JobSpec(
         job_dir=str(job), idempotency_key="k",
-        commands=[["bash", "-c", 'printf "%s\\n" * > seen.txt; pwd > where.txt; cat -- --help > out.txt']],
+        commands=[["bash", "-c",
+                   'printf "%s\\n" * > seen.txt; pwd > where.txt; cat -- --help > out.txt']],
         resources=Resources(scratch_root=str(scratch)), inputs=("--help",))
     done = _run(tmp_path, spec)
     assert done.returncode == 0, done.stderr

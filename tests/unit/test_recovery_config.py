@@ -233,3 +233,12 @@ def test_durations() -> None:
     assert [units.duration_seconds(v) for v in (0, 90, "90s", "10m", "2h", "1d", "00:02:00")] == [
         0, 90, 90, 600, 7200, 86400, 120]
     assert units.add_seconds("2024-05-01T23:59:00.000000Z", 120) == "2024-05-02T00:01:00.000000Z"
+
+
+def test_a_default_made_invalid_by_the_user_names_the_default_line() -> None:
+    """The user raised the default memory above the shipped cap: the cap is where it breaks."""
+    with pytest.raises(ConfigError) as info:
+        load_recovery_texts(DEFAULT_TEXT, "default_resources:\n  mem: 100G\n",
+                            default_source="defaults.yaml", user_source="mine.yaml")
+    assert str(info.value).startswith(f"defaults.yaml:{line_of(DEFAULT_TEXT, 'max_memory:')}:")
+    assert "below the default mem 100G" in str(info.value)

@@ -593,3 +593,25 @@ def test_real_crystal_failure_gives_the_corrected_deck(relative: str) -> None:
             assert deck.optgeom.child("MAXTRADIUS").records == ((value,),)
         elif key == "OPTGEOM_RESTART":
             assert deck.optgeom.child("RESTART") is not None
+
+
+# --- the numbers the shell's throttle uses ------------------------------------------------------
+
+
+def test_recovery_slots_count_running_recovery_attempts_only() -> None:
+    from eventflow.core.recovery import is_recovery_attempt, recovery_slots
+
+    recovering = Material(policy(), mid="r1")
+    recovering.fail("out_of_memory")
+    recovering.run()  # attempt 2, the recovery, is now running
+    plain = Material(policy(), mid="p1")
+    plain.run()  # attempt 1 running: not a recovery
+    retried = Material(policy(), mid="u1")
+    retried.fail("input_error")
+    retried.feed(ev.SubmissionRequested("u1/SP/2", "SP", 2, reason="user retry"), actor="user")
+    retried.run()  # a user's retry after an escalation: not an automatic recovery
+    states = [recovering.state, plain.state, retried.state]
+    assert [is_recovery_attempt(s, s.latest("SP")) for s in states] == [True, False, False]
+    assert recovery_slots(states, 3) == 2
+    assert recovery_slots(states, 1) == 0
+    assert recovery_slots(states, 0) == 0

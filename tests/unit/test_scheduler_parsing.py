@@ -63,7 +63,8 @@ def test_scontrol_lines_give_exit_codes_and_signals() -> None:
     jobs = _by_name(parse_scontrol_jobs(_text("scontrol_jobs.txt")))
     assert (jobs["ef-capture-exit3"].state, jobs["ef-capture-exit3"].exit_code) == ("FAILED", 3)
     assert jobs["ef-capture-exit3"].signal is None
-    assert (jobs["ef-capture-completed"].exit_code, jobs["ef-capture-completed"].signal) == (0, None)
+    completed = jobs["ef-capture-completed"]
+    assert (completed.exit_code, completed.signal) == (0, None)
     assert jobs["ef-capture-oom"].state == "OUT_OF_MEMORY"
     assert jobs["ef-capture-oom"].reason == "OutOfMemory"
     assert jobs["ef-capture-pending"].state == "PENDING"

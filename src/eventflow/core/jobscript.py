@@ -27,7 +27,8 @@ LOCAL_JOB_ID_VARIABLE = "EVENTFLOW_LOCAL_JOB_ID"
 DEFAULT_SIGNAL_SECONDS = 300
 
 # Partition, account and QOS names as sites spell them; a comma separates a partition list.
-_SCHEDULER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}(,[A-Za-z0-9][A-Za-z0-9_.+-]{0,63})*$")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
+_SCHEDULER_NAME = re.compile(rf"^{_NAME}(,{_NAME})*$")
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+/-]{0,127}$")
 _MEMORY = re.compile(r"^[1-9][0-9]{0,8}[KMGT]?$")
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -38,7 +39,9 @@ _WALLTIME = re.compile(
 )
 # Variables a scratch root may name, e.g. /scratch/$USER; anything else is literal text.
 SCRATCH_VARIABLES = ("USER", "HOME", "TMPDIR", "SCRATCH", "SLURM_TMPDIR", "LOCAL_SCRATCH")
-_SCRATCH_VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_SCRATCH_VARIABLE = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -138,7 +141,8 @@ class Resources:
     def from_mapping(cls, data: Mapping[str, Any], source: str = "resources") -> Resources:
         """Build from a config mapping (YAML), naming ``source`` and the key on a bad value."""
         if not isinstance(data, Mapping):
-            raise InvalidJobSpec(f"{source}: expected a mapping of resources, got {type(data).__name__}")
+            raise InvalidJobSpec(
+                f"{source}: expected a mapping of resources, got {type(data).__name__}")
         known = {f.name for f in attrs.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -158,13 +162,13 @@ class Resources:
 
     @property
     def effective_signal_seconds(self) -> int:
-        """The warning time actually used: at most half the walltime, so it comes after the start."""
+        """The warning time used: at most half the walltime, so it comes after the start."""
         return max(1, min(self.signal_seconds, walltime_seconds(self.time) // 2))
 
 
 @attrs.frozen
 class Command:
-    """One program to run: its argv, and optional files for stdin/stdout/stderr in the job folder."""
+    """One program to run: its argv, and optional stdin/stdout/stderr files in the job folder."""
 
     argv: tuple[str, ...] = attrs.field(converter=tuple)
     stdin: str | None = None
@@ -289,7 +293,8 @@ def _modules_block(modules: tuple[str, ...]) -> str:
     ]
     for module in modules:
         quoted = shlex.quote(module)
-        lines.append(f"module load {quoted} || ef_fail_setup {shlex.quote('module load ' + module + ' failed')}")
+        message = shlex.quote(f"module load {module} failed")
+        lines.append(f"module load {quoted} || ef_fail_setup {message}")
     lines.append("set -u")
     return "\n".join(lines)
 
@@ -304,7 +309,8 @@ def _stage_in_block(scratch_root: str | None, inputs: tuple[str, ...]) -> str:
     )
     return "\n".join([
         f"EF_SCRATCH_ROOT={_scratch_words(scratch_root)}",
-        'mkdir -p -- "$EF_SCRATCH_ROOT" || ef_fail_setup "cannot create scratch root $EF_SCRATCH_ROOT"',
+        'mkdir -p -- "$EF_SCRATCH_ROOT" '
+        '|| ef_fail_setup "cannot create scratch root $EF_SCRATCH_ROOT"',
         "EF_SCRATCH=\"$(mktemp -d \"$EF_SCRATCH_ROOT/eventflow-$(printf '%s' \"$EF_JOB_ID\" "
         "| tr -cd 'A-Za-z0-9._-').XXXXXX\")\" || ef_fail_setup \"cannot create a folder in "
         "$EF_SCRATCH_ROOT\"",

@@ -138,16 +138,45 @@ class MaterialState:
         return last
 
 
+_MATERIAL_TABLE = MATERIAL.table
+_CALC_TABLE = CALCULATION.table
+_MATERIAL_TRIGGERS = MATERIAL.triggers
+_CALC_TRIGGERS = CALCULATION.triggers
+
+
+def _idle_after(state: MaterialState, calc_after: dict[str, str]) -> bool:
+    return not any(
+        calc_after.get(c.id, c.state) in CALCULATION_ACTIVE for c in state.calcs.values()
+    )
+
+
 def _material_dest(state: MaterialState, trigger: str, calc_after: dict[str, str]) -> str | None:
-    if trigger not in MATERIAL.triggers:
+    if trigger not in _MATERIAL_TRIGGERS:
         return None
+    options = _MATERIAL_TABLE.get((state.state, trigger))
+    if options is not None:
+        for condition, dest in options:  # the only condition in the table is "idle"
+            if condition is None or _idle_after(state, calc_after):
+                return dest
+    # Not allowed: let the lifecycle say so in its own words.
+    return MATERIAL.next_state(state.state, trigger, {"idle": lambda: False})
 
-    def idle() -> bool:
-        return not any(
-            calc_after.get(c.id, c.state) in CALCULATION_ACTIVE for c in state.calcs.values()
+
+def _check_request(state: MaterialState, e: ev.SubmissionRequested) -> None:
+    if e.calculation_id in state.calcs:
+        raise IllegalTransition(f"calculation {e.calculation_id} was already requested")
+    count = 0
+    for c in state.calcs.values():
+        if c.step == e.step:
+            count += 1
+            if c.state in CALCULATION_ACTIVE:
+                raise IllegalTransition(
+                    f"step {e.step} of {state.id} already has an active attempt"
+                )
+    if e.attempt != count + 1:
+        raise IllegalTransition(
+            f"step {e.step} of {state.id}: attempt {e.attempt} requested, next is {count + 1}"
         )
-
-    return MATERIAL.next_state(state.state, trigger, {"idle": idle})
 
 
 def check(state: MaterialState, e: ev.Event) -> tuple[str | None, str | None]:
@@ -155,33 +184,24 @@ def check(state: MaterialState, e: ev.Event) -> tuple[str | None, str | None]:
     trigger = e.TYPE
     calc_dest: str | None = None
     calc_after: dict[str, str] = {}
-    cid = getattr(e, "calculation_id", None)
     if state.state == "new" and trigger != "MaterialRegistered":
         raise IllegalTransition(f"material {state.id!r} is not registered")
-    if cid is not None and trigger in CALCULATION.triggers:
-        calc = state.calcs.get(cid)
+    if trigger in _CALC_TRIGGERS:
+        cid = e.calculation_id  # type: ignore[attr-defined]
         if trigger == "SubmissionRequested":
-            assert isinstance(e, ev.SubmissionRequested)
-            if calc is not None:
-                raise IllegalTransition(f"calculation {cid} was already requested")
-            previous = state.attempts(e.step)
-            if any(c.active for c in previous):
-                raise IllegalTransition(
-                    f"step {e.step} of {state.id} already has an active attempt"
-                )
-            if e.attempt != len(previous) + 1:
-                raise IllegalTransition(
-                    f"step {e.step} of {state.id}: attempt {e.attempt} requested, "
-                    f"next is {len(previous) + 1}"
-                )
-            calc_dest = CALCULATION.next_state("new", trigger)
+            _check_request(state, e)  # type: ignore[arg-type]
+            calc_dest = "requested"
         else:
+            calc = state.calcs.get(cid)
             if calc is None:
                 raise IllegalTransition(f"unknown calculation {cid!r} for material {state.id!r}")
-            try:
-                calc_dest = CALCULATION.next_state(calc.state, trigger)
-            except IllegalTransition as exc:
-                raise IllegalTransition(f"{cid}: {exc}") from None
+            options = _CALC_TABLE.get((calc.state, trigger))
+            if options is None:
+                try:
+                    CALCULATION.next_state(calc.state, trigger)
+                except IllegalTransition as exc:
+                    raise IllegalTransition(f"{cid}: {exc}") from None
+            calc_dest = options[0][1]  # type: ignore[index] - no conditions on calculations
         calc_after[cid] = calc_dest
     try:
         return _material_dest(state, trigger, calc_after), calc_dest
@@ -189,70 +209,127 @@ def check(state: MaterialState, e: ev.Event) -> tuple[str | None, str | None]:
         raise IllegalTransition(f"{state.id}: {exc}") from None
 
 
-def apply(state: MaterialState, rec: ev.Recorded) -> MaterialState:
-    """Fold one recorded event into ``state`` (in place), after checking it is legal."""
-    e = rec.event
+# -- what each event does to the state, beyond the lifecycle (one small function per type) --
+
+
+def _registered(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    state.formula, state.workflow, state.code = e.formula, e.workflow, e.code
+    state.params = e.params
+
+
+def _requested(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    state.calcs[e.calculation_id] = CalcState(e, at)
+    state.wait_until = None
+    if e.reason.startswith("recovery"):
+        state.recoveries += 1
+
+
+def _submitted(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.job_id, calc.scheduler = e.job_id, e.scheduler
+
+
+def _submit_failed(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.submit_failures += 1
+
+
+def _started(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.started_at = calc.started_at or e.started_at or at
+
+
+def _finished(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.exit_code = e.exit_code
+    calc.started_at = calc.started_at or e.started_at or None
+    calc.finished_at = e.finished_at or at
+    calc.finished_seen = True
+
+
+def _lost(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.finished_at = calc.finished_at or at
+    calc.error_kind = e.reason or calc.error_kind
+
+
+def _succeeded(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.parser = e.parser
+    calc.error_kind = None
+    calc.finished_at = calc.finished_at or at
+
+
+def _failed(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.error_kind, calc.evidence, calc.parser = e.error_kind, e.evidence, e.parser
+    calc.finished_at = calc.finished_at or at
+    text = "; ".join(str(x.get("text", "")) for x in e.evidence)[:500]
+    state.errors.append((e.calculation_id, e.error_kind, text))
+
+
+def _properties(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    for name, prop in e.properties.items():
+        state.properties.append((name, prop.get("value"), prop.get("unit", ""),
+                                 e.calculation_id, seq))
+
+
+def _recovery(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.recovery = e
+
+
+def _reason(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    state.reason = e.reason
+
+
+def _wait(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    state.wait_until, state.reason = e.until, e.reason
+
+
+def _released(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    state.reason = ""
+
+
+def _cancelled(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    calc.finished_at = calc.finished_at or at
+
+
+def _nothing(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
+    return None
+
+
+MUTATE = {
+    "MaterialRegistered": _registered,
+    "SubmissionRequested": _requested,
+    "JobSubmitted": _submitted,
+    "SubmissionFailed": _submit_failed,
+    "JobStarted": _started,
+    "JobFinished": _finished,
+    "JobLost": _lost,
+    "CalculationSucceeded": _succeeded,
+    "CalculationFailed": _failed,
+    "PropertiesExtracted": _properties,
+    "RecoveryDecided": _recovery,
+    "NeedsAttention": _reason,
+    "MaterialHeld": _reason,
+    "MaterialCancelled": _reason,
+    "WaitScheduled": _wait,
+    "MaterialReleased": _released,
+    "CalculationCancelled": _cancelled,
+}
+
+
+def apply_event(state: MaterialState, e: ev.Event, seq: int, version: int, at: str) -> None:
+    """Fold one event into ``state`` (in place), after checking it is legal."""
     material_dest, calc_dest = check(state, e)
-    at = rec.recorded_at
-    cid = getattr(e, "calculation_id", None)
-    calc = state.calcs.get(cid) if cid is not None else None
     t = e.TYPE
-
-    if t == "MaterialRegistered":
-        state.formula, state.workflow, state.code = e.formula, e.workflow, e.code
-        state.params = e.params
-    elif t == "SubmissionRequested":
-        calc = CalcState(e, at)
-        state.calcs[e.calculation_id] = calc
-        state.wait_until = None
-        if e.reason.startswith("recovery"):
-            state.recoveries += 1
-    elif t == "JobSubmitted":
-        calc.job_id, calc.scheduler = e.job_id, e.scheduler
-    elif t == "SubmissionFailed":
-        calc.submit_failures += 1
-    elif t == "JobStarted":
-        calc.started_at = calc.started_at or e.started_at or at
-    elif t == "JobFinished":
-        calc.exit_code = e.exit_code
-        calc.started_at = calc.started_at or e.started_at or None
-        calc.finished_at = e.finished_at or at
-        calc.finished_seen = True
-    elif t == "JobLost":
-        calc.finished_at = calc.finished_at or at
-        calc.error_kind = e.reason or calc.error_kind
-    elif t == "CalculationSucceeded":
-        calc.parser = e.parser
-        calc.error_kind = None
-        calc.finished_at = calc.finished_at or at
-    elif t == "CalculationFailed":
-        calc.error_kind, calc.evidence, calc.parser = e.error_kind, e.evidence, e.parser
-        calc.finished_at = calc.finished_at or at
-        text = "; ".join(str(x.get("text", "")) for x in e.evidence)[:500]
-        state.errors.append((e.calculation_id, e.error_kind, text))
-    elif t == "PropertiesExtracted":
-        for name, prop in e.properties.items():
-            state.properties.append(
-                (name, prop.get("value"), prop.get("unit", ""), e.calculation_id, rec.seq)
-            )
-    elif t == "RecoveryDecided":
-        calc.recovery = e
-    elif t == "NeedsAttention" or t == "MaterialHeld" or t == "MaterialCancelled":
-        state.reason = e.reason
-    elif t == "WaitScheduled":
-        state.wait_until, state.reason = e.until, e.reason
-    elif t == "MaterialReleased":
-        state.reason = ""
-    elif t == "CalculationCancelled":
-        calc.finished_at = calc.finished_at or at
-
-    if calc is not None and calc_dest is not None:
-        calc.state = calc_dest
+    calc = state.calcs.get(e.calculation_id) if t in _CALC_TRIGGERS else None  # type: ignore
+    MUTATE.get(t, _nothing)(state, calc, e, at, seq)
+    if calc_dest is not None:
+        state.calcs[e.calculation_id].state = calc_dest  # type: ignore[attr-defined]
     if material_dest is not None:
         state.state = material_dest
-    state.version = rec.version
-    state.last_seq = rec.seq
+    state.version = version
+    state.last_seq = seq
     state.updated_at = at
+
+
+def apply(state: MaterialState, rec: ev.Recorded) -> MaterialState:
+    """Fold one recorded event into ``state`` (in place), after checking it is legal."""
+    apply_event(state, rec.event, rec.seq, rec.version, rec.recorded_at)
     return state
 
 

@@ -538,12 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check the set-up and say how to fix what is wrong")
 
-    for extra in _EXTRA_PARSERS:
-        extra(sub)
+    from eventflow.shell import cli_recovery  # registers its handlers with `command`
+
+    cli_recovery.register(sub)
     return parser
-
-
-_EXTRA_PARSERS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from eventflow.core import events as ev
-from eventflow.core.state import MaterialState, apply
+from eventflow.core.state import MaterialState, apply_event
 from eventflow.errors import EventflowError, ProjectionStale
 from eventflow.resources import data_text
 from eventflow.shell.store import FOLD_COLUMNS, EventStore
@@ -70,9 +70,7 @@ def _fold(
     last = 0
     decode = ev.decode
     loads = orjson.loads
-    recorded = ev.Recorded
     system = ev.SYSTEM_STREAM
-    no_meta: dict[str, Any] = {}  # the fold never reads meta: don't decode it
     if streams is None:
         sources: Iterable[Iterable[tuple[Any, ...]]] = [
             store.read_raw(until_seq=until_seq, until_time=until_time, columns=FOLD_COLUMNS)
@@ -90,8 +88,7 @@ def _fold(
             state = states.get(stream)
             if state is None:
                 state = states[stream] = MaterialState(stream)
-            event = decode(type_, sv, loads(data))
-            apply(state, recorded(seq, stream, version, event, at, no_meta, None))
+            apply_event(state, decode(type_, sv, loads(data)), seq, version, at)
     return states, last
 
 

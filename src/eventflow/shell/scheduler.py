@@ -108,7 +108,7 @@ class Scheduler(Protocol):
 
 
 def normalize_state(raw: str | None) -> str | None:
-    """SLURM's state text ('CANCELLED by 0', 'CANCELLED+', 'COMPLETING') in the JobInfo vocabulary."""
+    """SLURM's state text ('CANCELLED by 0', 'CANCELLED+', 'COMPLETING') in JobInfo's words."""
     if raw is None:
         return None
     word = raw.strip().split(" ")[0].rstrip("+").upper()
@@ -172,7 +172,7 @@ def parse_scontrol_record(line: str) -> dict[str, str]:
     """One ``scontrol --oneliner show job`` line as key -> value (values may contain spaces)."""
     matches = list(_SCONTROL_KEY.finditer(line))
     fields: dict[str, str] = {}
-    for match, following in zip(matches, [*matches[1:], None]):
+    for match, following in zip(matches, [*matches[1:], None], strict=True):
         end = following.start() if following is not None else len(line)
         fields.setdefault(match.group(1), line[match.end():end].strip())
     return fields
