@@ -198,6 +198,9 @@ def test_submit_refuses_missing_folders_and_scripts(tmp_path: Path,
         executor.submit(tmp_path / "missing.sh", "ef-x", tmp_path)
     with pytest.raises(SchedulerError, match="no such local job"):
         executor.cancel("local-404")
+    with pytest.raises(SchedulerError, match="no such local job"):
+        executor.cancel("../../etc/passwd")
+    assert executor.states(["../local/local-1"])["../local/local-1"].state is None
 
 
 class _DeadSlurm(SlurmScheduler):

@@ -154,10 +154,10 @@ def test_what_if_needs_a_policy_file(project: Path) -> None:
 
 
 @pytest.fixture
-def main(monkeypatch: pytest.MonkeyPatch) -> object:
-    from eventflow.shell import cli_recovery
-
-    monkeypatch.setattr(cli, "_EXTRA_PARSERS", [*cli._EXTRA_PARSERS, cli_recovery.register])
+def main() -> object:
+    """The CLI's main, with ``retry`` and ``stats`` (registered by cli_recovery.register)."""
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert {"retry", "stats"} <= set(sub.choices)
     return cli.main
 
 
@@ -216,3 +216,20 @@ def test_retry_errors_are_one_line(tmp_path: Path, main: object,
         assert main(["--project", str(tmp_path), *argv]) == 1, argv
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, (argv, err)
+
+
+def test_the_commands_work_as_a_user_runs_them(project: Path) -> None:
+    """Through a real process (``python -m eventflow.shell.cli``), not the in-process main."""
+    import subprocess
+    import sys
+
+    other = _other(project, "resources: {mem: 1.5}", "resources: {mem: 3}")
+    for argv, check in (
+        (["stats", "recovery", "--json"], lambda out: "stages" in json.loads(out)),
+        (["replay", "--what-if", "--policy", str(other), "--json"],
+         lambda out: [d["material"] for d in json.loads(out)["divergences"]] == ["oom"]),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "eventflow.shell.cli", *argv], cwd=project,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert check(proc.stdout), proc.stdout

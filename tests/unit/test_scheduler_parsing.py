@@ -178,9 +178,15 @@ def test_states_of_only_unknown_ids_survives_squeues_error() -> None:
     assert states == {"999999": JobInfo(job_id="999999")}
 
 
-def test_states_refuses_what_is_not_a_job_id() -> None:
+@pytest.mark.parametrize("job_id", ["12; rm -rf ~", "--user=root", "-1", "", "12 13"])
+def test_what_is_not_a_job_id_never_reaches_squeue_or_scancel(job_id: str) -> None:
+    """'--user=root' given to scancel would cancel every job of root."""
+    replay = Replay({})
     with pytest.raises(ValueError, match="not a SLURM job id"):
-        SlurmScheduler(runner=Replay({})).states(["12; rm -rf ~"])
+        SlurmScheduler(runner=replay).states([job_id])
+    with pytest.raises(ValueError, match="not a SLURM job id"):
+        SlurmScheduler(runner=replay).cancel(job_id)
+    assert replay.calls == []
 
 
 def test_find_matches_the_exact_name() -> None:

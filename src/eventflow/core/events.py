@@ -260,6 +260,16 @@ class OutputReinterpreted(Event):
 
 @event
 @attrs.frozen
+class ScratchCleanupDecided(Event):
+    """Intent: these globs in a succeeded step's folder are removed (nothing later reads them)."""
+
+    TYPE = "ScratchCleanupDecided"
+    calculation_id: str
+    patterns: list[str] = attrs.field(factory=list)
+
+
+@event
+@attrs.frozen
 class RecoveryDecided(Event):
     TYPE = "RecoveryDecided"
     calculation_id: str

@@ -96,6 +96,7 @@ CALCULATION_TRANSITIONS: tuple[dict[str, Any], ...] = (
     # Interpretations that do not move the attempt.
     {"trigger": "PropertiesExtracted", "source": ["running", "completed"], "dest": "="},
     {"trigger": "ResultRejected", "source": ["running", "completed"], "dest": "running"},
+    {"trigger": "ScratchCleanupDecided", "source": "completed", "dest": "completed"},
     {"trigger": "OutputReinterpreted", "source": list(CALCULATION_STATES), "dest": "="},
     {"trigger": "RecoveryDecided", "source": ["failed", "lost"], "dest": "="},
 )

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from eventflow.shell.cli import _console, _print_json, _tracker, command
@@ -28,6 +29,12 @@ def register(sub: Any) -> None:
     p.add_argument("what", choices=["recovery"],
                    help="recovery: per error kind and correction, tries and successes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    # `python -m eventflow.shell.cli` runs the CLI as __main__, a second copy of the cli
+    # module whose COMMANDS the decorators below never saw: give it the handlers too.
+    main = sys.modules.get("__main__")
+    commands = getattr(main, "COMMANDS", None)
+    if isinstance(commands, dict) and getattr(main, "command", command) is not command:
+        commands.update({"retry": cmd_retry, "stats": cmd_stats})
 
 
 @command("retry")

@@ -71,6 +71,7 @@ class JobWriter:
         self.template = data_text("slurm", "job.sh.tmpl")
         self._plugins = plugins()
         self._code_defaults: dict[str, dict[str, Any]] = {}
+        self.cluster = project.config("cluster.yaml")
 
     def step_order(self, state: MaterialState) -> dict[str, int]:
         workflow = self.policy.workflows.get(state.workflow)
@@ -102,9 +103,15 @@ class JobWriter:
         return self._code_defaults[code]
 
     def resources_for(self, state: MaterialState, calc: CalcState) -> Resources:
+        """Cluster defaults < the workflow step's resources < this attempt's (a retry's)."""
         step = self._step(state, calc.step)
-        base = dict(step.resources) if step is not None else {}
-        base.update(calc.resources)
+        base = {k: v for k, v in (self.cluster.get("defaults") or {}).items() if v is not None}
+        own = dict(step.resources) if step is not None else {}
+        own.update(calc.resources)
+        if "mem" in own or "mem_per_cpu" in own:  # one memory form only
+            base.pop("mem", None)
+            base.pop("mem_per_cpu", None)
+        base.update(own)
         source = f"{self.project.config_path('workflows.yaml')}: step {calc.step}"
         return Resources.from_mapping(base, source=source)
 

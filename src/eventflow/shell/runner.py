@@ -66,6 +66,7 @@ class Runner:
         cluster = self.project.config("cluster.yaml")
         self.max_jobs = int(cluster.get("max_jobs", 1000))
         self.max_submit = int(cluster.get("max_submit", 100))
+        self.cleanup: dict[str, Any] = dict(cluster.get("cleanup") or {})
         self.writer = JobWriter(self.project, tracker.policy)
         self._plugins = plugins()
 
@@ -137,6 +138,8 @@ class Runner:
                            self.writer.params_for(state, calc), self._scheduler_kind(calc, record))
         self._append(state.id, events, key=f"interpreted:{calc.id}")
         kind = getattr(events[-1], "error_kind", None)
+        if kind is None:
+            self._cleanup(state, calc)
         log.info("%s %s", calc.id, f"failed: {kind}" if kind else "succeeded",
                  extra={"material": state.id, "calculation": calc.id, "job": calc.job_id})
 
@@ -151,6 +154,24 @@ class Runner:
         if info is None or info.state is None:
             return None
         return kind_from_state(info.state)
+
+    def _cleanup(self, state: MaterialState, calc: CalcState) -> None:
+        """Remove the configured scratch of a succeeded step (recorded first; idempotent)."""
+        patterns = [str(p) for p in (self.cleanup.get(state.code) or [])]
+        if not patterns:
+            return
+        self._append(state.id, [ev.ScratchCleanupDecided(calc.id, patterns)],
+                     key=f"cleanup:{calc.id}")
+        folder = self.project.inside(calc.directory)
+        freed = 0
+        for pattern in patterns:
+            for path in folder.glob(pattern):
+                if path.is_file() and not path.is_symlink():
+                    freed += path.stat().st_size
+                    path.unlink(missing_ok=True)
+        if freed:
+            log.info("removed %.1f MB of scratch from %s", freed / 1e6, calc.id,
+                     extra={"material": state.id, "calculation": calc.id})
 
     # -- the scheduler's view, for jobs that die silently --------------------------------------
     def _reconcile(self, states: list[MaterialState], report: CycleReport) -> None:

@@ -321,7 +321,7 @@ class SlurmScheduler:
         _check_job_name(job_name)
         try:
             result = self._call("sbatch", "--parsable", f"--job-name={job_name}",
-                                f"--chdir={workdir}", str(script))
+                                f"--chdir={Path(workdir).resolve()}", str(Path(script).resolve()))
         except SchedulerError as exc:
             raise SubmitError(f"{exc}; the job may have been submitted: look for it by name "
                               f"{job_name!r}") from exc
@@ -373,8 +373,7 @@ class SlurmScheduler:
         if not ids:
             return {}
         for job_id in ids:
-            if not re.fullmatch(r"\d+(?:_\d+)?", job_id):
-                raise ValueError(f"{job_id!r} is not a SLURM job id")
+            _check_slurm_id(job_id)
         known = self._with_exit_codes(self._squeue(f"--jobs={','.join(ids)}"))
         known.update(self.sacct_states([j for j in ids if j not in known]))
         return {j: known.get(j, JobInfo(job_id=j)) for j in ids}
@@ -391,9 +390,16 @@ class SlurmScheduler:
         return sorted(jobs.values(), key=lambda i: _id_sort_key(i.job_id))
 
     def cancel(self, job_id: str) -> None:
-        result = self._call("scancel", str(job_id))
+        result = self._call("scancel", _check_slurm_id(str(job_id)))
         if result.returncode != 0 and "already completing or completed" not in result.stderr:
             raise SchedulerError(f"scancel {job_id}: {_one_line(result.stderr)}")
+
+
+def _check_slurm_id(job_id: str) -> str:
+    """A SLURM job id ('123', array task '123_4'); anything else could be read as an option."""
+    if not re.fullmatch(r"\d+(?:_\d+)?", job_id):
+        raise ValueError(f"{job_id!r} is not a SLURM job id")
+    return job_id
 
 
 def _check_job_name(job_name: str) -> None:
@@ -592,6 +598,8 @@ class LocalExecutor:
         return job_id
 
     def _info(self, job_id: str) -> JobInfo:
+        if not _LOCAL_ID.match(job_id):
+            return JobInfo(job_id=job_id)
         record = _read_json(self._record_path(job_id))
         if record is None:
             return JobInfo(job_id=job_id)
@@ -639,7 +647,7 @@ class LocalExecutor:
         return found
 
     def cancel(self, job_id: str) -> None:
-        record = _read_json(self._record_path(job_id))
+        record = _read_json(self._record_path(job_id)) if _LOCAL_ID.match(job_id) else None
         if record is None:
             raise SchedulerError(f"{job_id}: no such local job")
         if self._exit_path(job_id).exists():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eventflow.core.recovery import units
 from eventflow.core.recovery.model import Caps, CodeRules, RecoveryConfig, Rule, Stage
 from eventflow.core.recovery.parse import KNOWN_CODES, parse_recovery
 from eventflow.core.recovery.plan import TRANSIENT_RESOURCES, recoveries_used, stage_tries
@@ -64,4 +65,5 @@ __all__ = [
     "recoveries_used",
     "recovery_slots",
     "stage_tries",
+    "units",
 ]
