@@ -557,4 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script, this file is "__main__"; the command handlers register themselves on
+    # the module "eventflow.shell.cli", so dispatch through that one.
+    from eventflow.shell.cli import main as _main
+
+    sys.exit(_main())

@@ -21,8 +21,10 @@ def load_policy(project: Project) -> PolicyConfig:
         from eventflow.core import recovery
     except ImportError:  # the recovery policy is optional until configured
         return PolicyConfig(workflows=workflows)
-    path = project.config_path("recovery.yaml")
-    if not path.is_file():
-        return PolicyConfig(workflows=workflows)
-    rules = recovery.parse_recovery(project.config("recovery.yaml"), source=str(path))
+    from eventflow.resources import data_text
+
+    own = project.root / "config" / "recovery.yaml"
+    user_text = own.read_text(encoding="utf-8") if own.is_file() else None
+    rules = recovery.load_recovery_texts(data_text("config", "recovery.yaml"), user_text,
+                                         user_source=str(own))
     return PolicyConfig(workflows=workflows, recovery=rules, recover=recovery.recover)

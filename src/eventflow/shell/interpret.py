@@ -9,14 +9,15 @@ PropertiesExtracted) or CalculationFailed.
 from __future__ import annotations
 
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from eventflow.codes.slurm import kind_from_state
-from eventflow.core import commands as cmd
 from eventflow.core import events as ev
-from eventflow.core.policy import PolicyConfig
 from eventflow.core.state import CalcState, MaterialState
+from eventflow.shell.jobs import open_nonblocking
 from eventflow.shell.project import Project
 
 MAX_OUTPUT_BYTES = 256 * 1024 * 1024
@@ -29,15 +30,22 @@ UNITS = (
 
 
 def _read(path: Path) -> str | None:
+    """A program's output as text; None if absent, unreadable or not a regular file (a FIFO
+    would block the watcher). Of a huge one, the head and the end (which says how it ended)."""
     try:
-        if path.stat().st_size > MAX_OUTPUT_BYTES:
-            with path.open("rb") as handle:  # the end says how it ended; keep the head too
+        with open(path, "rb", opener=open_nonblocking) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            if info.st_size > MAX_OUTPUT_BYTES:
                 head = handle.read(MAX_OUTPUT_BYTES // 2)
                 handle.seek(-MAX_OUTPUT_BYTES // 2, 2)
-                return (head + b"\n" + handle.read()).decode("utf-8", errors="replace")
-        return path.read_bytes().decode("utf-8", errors="replace")
+                data = head + b"\n" + handle.read()
+            else:
+                data = handle.read()
     except OSError:
         return None
+    return data.decode("utf-8", errors="replace")
 
 
 def unit_of(name: str) -> str:
@@ -123,20 +131,18 @@ def interpret(
         events.append(ev.PropertiesExtracted(calc.id, props, parser))
     events.append(ev.CalculationSucceeded(
         calc.id, parser, {"program": result.program, "calculation": result.calculation}))
-    structure = result.properties.get("structure")
-    if structure:
-        _save_structure(project, state, calc, structure)
+    from eventflow.shell.handoff import final_structure
+
+    atoms = final_structure(plugin, result)
+    if atoms is not None:
+        _save_structure(project, state, calc, atoms)
     return events
 
 
-def _save_structure(project: Project, state: MaterialState, calc: CalcState,
-                    structure: dict[str, Any]) -> None:
+def _save_structure(project: Project, state: MaterialState, calc: CalcState, atoms: Any) -> None:
     """Keep the final structure in the ASE database (a projection: derivable from the output)."""
-    from ase import Atoms
     from ase.db import connect
 
-    atoms = Atoms(symbols=structure["symbols"], positions=structure["positions"],
-                  cell=structure["cell"], pbc=structure.get("pbc", True))
     with connect(str(project.structures_db)) as db:
         if db.count(calculation_id=calc.id) == 0:
             db.write(atoms, material_id=state.id, step=calc.step, attempt=calc.attempt,
@@ -179,20 +185,3 @@ def classify_lost(
                     kind = kind or result.error_kind
                     evidence.extend(f"{log.name}:{f.line}: {f.text}" for f in result.errors)
     return kind, evidence
-
-
-def after_wait(state: MaterialState, policy: PolicyConfig) -> list[cmd.Command]:
-    """When a recovery's wait is over: request the step the recovery decided on."""
-    for calc in reversed(list(state.calcs.values())):
-        decision = calc.recovery
-        if decision is not None and decision.action == "wait":
-            if state.latest(calc.step) is not calc:
-                return []
-            return [cmd.RequestStep(
-                state.id, calc.step, len(state.attempts(calc.step)) + 1,
-                changes={**calc.changes, **decision.changes},
-                resources={**calc.resources, **decision.resources},
-                reason=f"recovery: {decision.error_kind} after waiting: {decision.reason}",
-                restart_from=calc.id,
-            )]
-    return []

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,17 @@ from eventflow.shell.parsing import plugins
 from eventflow.shell.project import Project
 
 RECORD = "eventflow-done.json"
-# Parameters the shell uses itself; the code plugin never sees them.
-SHELL_PARAMS = frozenset({"launcher"})
+# Parameters the shell uses itself (how to run the programs); the code plugin never sees them.
+SHELL_PARAMS = frozenset({"launcher", "executables"})
+# Changes that tell the runner what to do rather than what to write into the input:
+# "structure": "last" = start from the final structure of the attempt being restarted.
+RUNNER_MARKERS = frozenset({"structure"})
+# Resource keys that are decisions for the runner, not sbatch options.
+RUNNER_RESOURCES = frozenset({"exclude_host_of"})
+# Settings of a code's config file that are job resources, not input parameters.
+CODE_RESOURCES = ("modules", "scratch_root")
+# The config file whose settings are a code's default parameters (besides QE's table).
+CODE_CONFIG = {"crystal": "crystal.yaml"}
 
 
 def job_name(project_id: str, calculation_id: str) -> str:
@@ -35,16 +45,27 @@ def job_name(project_id: str, calculation_id: str) -> str:
     return f"ef.{project_id}.{safe}"
 
 
+MAX_RECORD_BYTES = 1 << 20  # a record is a few hundred bytes; anything bigger is not one
+
+
+def open_nonblocking(path: str, flags: int) -> int:
+    """An ``opener`` for open(): a FIFO in place of a file must not block the watcher."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 def read_completion(path: Path) -> dict[str, Any] | None:
-    """The completion record, or None while it is absent or half-written."""
+    """The completion record, or None while it is absent or half-written, or when something
+    else is in its place (a folder, a FIFO, a huge file): the watcher must go on."""
     try:
-        text = path.read_text()
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        return None
+        with open(path, "rb", opener=open_nonblocking) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD_BYTES:
+                return None
+            data = handle.read(MAX_RECORD_BYTES + 1)
     except OSError:
         return None
     try:
-        record = json.loads(text)
+        record = json.loads(data)
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
@@ -71,6 +92,7 @@ class JobWriter:
         self.template = data_text("slurm", "job.sh.tmpl")
         self._plugins = plugins()
         self._code_defaults: dict[str, dict[str, Any]] = {}
+        self._code_resources: dict[str, dict[str, Any]] = {}
         self.cluster = project.config("cluster.yaml")
 
     def step_order(self, state: MaterialState) -> dict[str, int]:
@@ -82,37 +104,55 @@ class JobWriter:
         return workflow.steps.get(step) if workflow else None
 
     def params_for(self, state: MaterialState, calc: CalcState) -> dict[str, Any]:
-        """Code defaults < step params < material params < this attempt's changes."""
+        """Code defaults < step params < material params. An attempt's changes (recovery
+        corrections) are applied to the rendered input by the plugin's apply_changes."""
         step = self._step(state, calc.step)
         params: dict[str, Any] = dict(self.code_defaults(state.code))
         params.update(dict(step.params) if step is not None else {})
         params.update(state.params)
-        params.update(calc.changes)
         return params
 
     def code_defaults(self, code: str) -> dict[str, Any]:
-        """Per-code parameters from the project's config (QE: the pseudopotential table)."""
+        """Per-code parameters from the project's config (QE: the pseudopotential table;
+        CRYSTAL: config/crystal.yaml, whose executables and launcher say how to run it)."""
         if code not in self._code_defaults:
             defaults: dict[str, Any] = {}
+            resources: dict[str, Any] = {}
             if code == "qe":
                 table = self.project.config("pseudopotentials.yaml")
                 defaults["pseudopotentials"] = table
                 defaults["pseudo_dir"] = os.path.expandvars(
                     str(table.get("pseudo_dir") or "/usr/share/espresso/pseudo"))
+            if code in CODE_CONFIG:
+                for key, value in self.project.config(CODE_CONFIG[code]).items():
+                    if key not in CODE_RESOURCES:
+                        defaults[key] = value
+                    elif value:
+                        resources[key] = value
             self._code_defaults[code] = defaults
+            self._code_resources[code] = resources
         return self._code_defaults[code]
 
+    def code_resources(self, code: str) -> dict[str, Any]:
+        """Job resources a code's config sets for all its steps (modules, scratch_root)."""
+        self.code_defaults(code)
+        return self._code_resources[code]
+
     def resources_for(self, state: MaterialState, calc: CalcState) -> Resources:
-        """Cluster defaults < the workflow step's resources < this attempt's (a retry's)."""
+        """Cluster defaults < the code's config (modules, scratch_root) < the workflow step's
+        resources < this attempt's (a retry's)."""
         step = self._step(state, calc.step)
         base = {k: v for k, v in (self.cluster.get("defaults") or {}).items() if v is not None}
+        base.update(self.code_resources(state.code))
         own = dict(step.resources) if step is not None else {}
-        own.update(calc.resources)
+        own.update({k: v for k, v in calc.resources.items() if k not in RUNNER_RESOURCES})
         if "mem" in own or "mem_per_cpu" in own:  # one memory form only
             base.pop("mem", None)
             base.pop("mem_per_cpu", None)
         base.update(own)
         source = f"{self.project.config_path('workflows.yaml')}: step {calc.step}"
+        if self.code_resources(state.code) and state.code in CODE_CONFIG:
+            source += f" (with {self.project.config_path(CODE_CONFIG[state.code])})"
         return Resources.from_mapping(base, source=source)
 
     def structure_path(self, state: MaterialState) -> Path:
@@ -138,13 +178,17 @@ class JobWriter:
             files, commands, handed = prepare_inputs(
                 self.project, plugin, state, calc, code_params, folder,
                 self._step(state, calc.step), resources, self.structure_path(state),
-                launcher=params.get("launcher") or [],
+                launcher=params.get("launcher"), executables=params.get("executables"),
             )
         else:
             files = {}
             commands = plugin.job_commands(calc.step, params)
-        if calc.changes and files:
-            files = plugin.apply_changes(files, calc.changes)
+        changes = {k: v for k, v in calc.changes.items() if k not in RUNNER_MARKERS}
+        if changes and files:
+            try:
+                files = plugin.apply_changes(files, changes)
+            except ValueError as exc:
+                raise EventflowError(f"{calc.id}: cannot apply {changes}: {exc}") from exc
         for name, text in files.items():
             write_atomic(folder / name, text)
         spec = JobSpec(

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eventflow.errors import EventflowError
 
-class LockHeld(RuntimeError):
+
+class LockHeld(EventflowError, RuntimeError):
     def __init__(self, holder: dict[str, Any]) -> None:
         self.holder = holder
         super().__init__(
@@ -63,8 +65,10 @@ class ProjectLock:
         except FileNotFoundError:
             return True
 
-    def try_acquire(self) -> bool:
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
+    def try_acquire(self, role: str = "once") -> bool:
+        """Take the lock if free or stale. ``role`` ("daemon" or "once") tells others whether
+        the holder stays (a daemon does all the work) or is about to let go."""
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "role": role,
               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for _ in range(3):
             try:
@@ -95,9 +99,10 @@ class ProjectLock:
             finally:
                 fcntl.flock(g, fcntl.LOCK_UN)
 
-    def acquire(self, timeout: float | None = None, poll: float = 0.05) -> None:
+    def acquire(self, timeout: float | None = None, poll: float = 0.05,
+                role: str = "once") -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.try_acquire():
+        while not self.try_acquire(role):
             if deadline is not None and time.monotonic() > deadline:
                 raise LockHeld(self.holder() or {})
             time.sleep(poll)

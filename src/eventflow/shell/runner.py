@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ import attrs
 
 from eventflow.codes.slurm import kind_from_state
 from eventflow.core import events as ev
+from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.errors import EventflowError, IllegalTransition
 from eventflow.shell.api import Tracker
-from eventflow.shell.jobs import JobWriter, job_name, read_completion
+from eventflow.shell.jobs import RECORD, JobWriter, job_name, read_completion
 from eventflow.shell.parsing import plugins
 from eventflow.shell.scheduler import Scheduler, SubmitError
 from eventflow.shell.store import utc_now
@@ -37,6 +39,7 @@ log = logging.getLogger("eventflow.runner")
 ACTIVE_SCHEDULER_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
                            "REQUEUED", "RESIZING", "STAGE_OUT", "SIGNALING"}
 CRASH_ENV = "EVENTFLOW_TEST_CRASH_AT"  # test hook: kill -9 ourselves at a named point
+VERDICT_WAIT_S = 15.0  # how long a failed job's record waits for the scheduler's verdict
 
 
 def _crash_point(name: str) -> None:
@@ -53,9 +56,11 @@ class CycleReport:
     recovered_existing: int = 0
     submit_failures: int = 0
     released: int = 0
+    deferred: int = 0  # failed jobs whose scheduler verdict is not in yet: look again soon
 
     def busy(self) -> bool:
-        return any(attrs.astuple(self))
+        """Whether the cycle recorded anything (a deferral alone records nothing)."""
+        return any(attrs.astuple(self, filter=lambda a, _: a.name != "deferred"))
 
 
 class Runner:
@@ -71,19 +76,38 @@ class Runner:
         self._plugins = plugins()
 
     # -- one cycle -----------------------------------------------------------------------------
-    def cycle(self) -> CycleReport:
+    def cycle(self, *, reconcile: bool = True) -> CycleReport:
+        """One pass. ``reconcile=False`` skips asking the scheduler about every job we follow
+        (the watcher does that every ``--reconcile`` seconds, not on every file event)."""
         report = CycleReport()
-        states = self._materials_with_work()
-        for state in states:
-            for calc in list(state.calcs.values()):
-                if calc.state in ("submitted", "running") and calc.job_id:
-                    self._ingest(state, calc, report)
-        states = self._materials_with_work()
-        self._reconcile(states, report)
+        for mid, cid in self._with_records():
+            state = self.tracker.state(mid)  # folded only now, and only for these
+            calc = state.calcs.get(cid)
+            if calc is not None and calc.state in ("submitted", "running") and calc.job_id:
+                self._ingest(state, calc, report)
+        if reconcile:
+            self._reconcile(report)
         self._release_waits(report)
         self._submit_pending(report)
         self.tracker.projections.catch_up(self.tracker.store)
         return report
+
+    def _followed(self) -> list[tuple[str, str, str, str, str]]:
+        """(material, calculation, state, job id, folder) of every submitted or running job,
+        from the projections: one query, no folding."""
+        projections = self.tracker.projections
+        projections.catch_up(self.tracker.store)
+        return projections.db.execute(
+            "SELECT material_id, id, state, job_id, directory FROM calculations "
+            "WHERE state IN ('submitted', 'running') AND job_id IS NOT NULL "
+            "ORDER BY material_id, id"
+        ).fetchall()
+
+    def _with_records(self) -> list[tuple[str, str]]:
+        """The followed calculations whose completion record exists: one stat each."""
+        root = self.project.root
+        return [(mid, cid) for mid, cid, _, _, directory in self._followed()
+                if directory and os.path.lexists(root / directory / RECORD)]
 
     def _materials_with_work(self) -> list[MaterialState]:
         projections = self.tracker.projections
@@ -109,7 +133,7 @@ class Runner:
     # -- completion records -> observations and interpretations --------------------------------
     def _ingest(self, state: MaterialState, calc: CalcState, report: CycleReport) -> bool:
         folder = self.project.root / calc.directory
-        record = read_completion(folder / "eventflow-done.json")
+        record = read_completion(folder / RECORD)
         if record is None:
             return False
         if not calc.finished_seen:
@@ -128,14 +152,19 @@ class Runner:
             log.info("job %s of %s finished (exit %s)", calc.job_id, calc.id,
                      record.get("exit_code"), extra={"material": state.id,
                                                      "calculation": calc.id, "job": calc.job_id})
-        self._interpret(state, calc, record)
+        still_listed, scheduler_kind = self._scheduler_verdict(calc, record, folder / RECORD)
+        if still_listed:
+            report.deferred += 1  # judged at a later cycle, once the scheduler has its say
+            return True
+        self._interpret(state, calc, record, scheduler_kind)
         return True
 
-    def _interpret(self, state: MaterialState, calc: CalcState, record: dict[str, Any]) -> None:
+    def _interpret(self, state: MaterialState, calc: CalcState, record: dict[str, Any],
+                   scheduler_kind: str | None = None) -> None:
         from eventflow.shell.interpret import interpret
 
         events = interpret(self.project, self._plugins, state, calc, record,
-                           self.writer.params_for(state, calc), self._scheduler_kind(calc, record))
+                           self.writer.params_for(state, calc), scheduler_kind)
         self._append(state.id, events, key=f"interpreted:{calc.id}")
         kind = getattr(events[-1], "error_kind", None)
         if kind is None:
@@ -143,17 +172,24 @@ class Runner:
         log.info("%s %s", calc.id, f"failed: {kind}" if kind else "succeeded",
                  extra={"material": state.id, "calculation": calc.id, "job": calc.job_id})
 
-    def _scheduler_kind(self, calc: CalcState, record: dict[str, Any]) -> str | None:
-        """For a job that ended badly: what the scheduler says ended it (None if nothing)."""
+    def _scheduler_verdict(self, calc: CalcState, record: dict[str, Any],
+                           record_path: Path) -> tuple[bool, str | None]:
+        """For a job that ended badly: (the scheduler still lists it, the kind it says ended it).
+
+        Out of memory, cancellation and node failure are the scheduler's to say, and SLURM says
+        so only once the job has left the queue: the script writes its record a moment before
+        that (slurmstepd notices an OOM kill after the script exits). So a fresh record of such
+        a job is judged later, for at most VERDICT_WAIT_S after it was written.
+        """
         if record.get("exit_code") in (0, None) or record.get("reason") == "time_limit":
-            return None
-        slurm = self._plugins.get("slurm")
-        if slurm is None or not calc.job_id:
-            return None
+            return False, None
+        if self._plugins.get("slurm") is None or not calc.job_id:
+            return False, None
         info = self.scheduler.states([calc.job_id]).get(calc.job_id)
-        if info is None or info.state is None:
-            return None
-        return kind_from_state(info.state)
+        sched_state = info.state if info is not None else None
+        if sched_state in ACTIVE_SCHEDULER_STATES and _age(record_path) < VERDICT_WAIT_S:
+            return True, None
+        return False, kind_from_state(sched_state) if sched_state else None
 
     def _cleanup(self, state: MaterialState, calc: CalcState) -> None:
         """Remove the configured scratch of a succeeded step (recorded first; idempotent)."""
@@ -174,15 +210,24 @@ class Runner:
                      extra={"material": state.id, "calculation": calc.id})
 
     # -- the scheduler's view, for jobs that die silently --------------------------------------
-    def _reconcile(self, states: list[MaterialState], report: CycleReport) -> None:
-        watched = [(s, c) for s in states for c in s.calcs.values()
-                   if c.state in ("submitted", "running") and c.job_id and not c.finished_seen]
+    def _reconcile(self, report: CycleReport) -> None:
+        """Ask the scheduler about every followed job in one call; fold only the materials
+        whose job started or left the queue."""
+        watched = self._followed()
         if not watched:
             return
-        infos = self.scheduler.states([c.job_id for _, c in watched])  # type: ignore[misc]
-        for state, calc in watched:
-            info = infos.get(calc.job_id)  # type: ignore[arg-type]
+        infos = self.scheduler.states([row[3] for row in watched])
+        for mid, cid, projected, job_id, _ in watched:
+            info = infos.get(job_id)
             sched_state = info.state if info is not None else None
+            if sched_state in ACTIVE_SCHEDULER_STATES and not (
+                sched_state == "RUNNING" and projected == "submitted"
+            ):
+                continue
+            state = self.tracker.state(mid)
+            calc = state.calcs.get(cid)
+            if calc is None or calc.state not in ("submitted", "running") or calc.finished_seen:
+                continue  # changed since the query, or its record is being judged
             if sched_state in ACTIVE_SCHEDULER_STATES:
                 if sched_state == "RUNNING" and calc.state == "submitted":
                     self._append(state.id, [ev.JobStarted(calc.id, calc.job_id or "",
@@ -214,16 +259,19 @@ class Runner:
 
     # -- waits -----------------------------------------------------------------------------
     def _release_waits(self, report: CycleReport) -> None:
-        now = utc_now()
-        for row in self.tracker.projections.materials("waiting"):
-            state = self.tracker.state(row["id"])
-            if state.wait_until is None or state.wait_until > now:
-                continue
-            from eventflow.shell.interpret import after_wait
+        """Ask the policy what is due now for waiting (and ready) materials: a wait that is
+        over, or a failure decided late because it happened during a hold."""
+        if self.tracker.policy.recovery is None:
+            return
+        from eventflow.core.recovery import due
 
-            for command in after_wait(state, self.tracker.policy):
-                self.tracker.execute(command)
-                report.released += 1
+        now = utc_now()
+        for status in ("waiting", "ready"):
+            for row in self.tracker.projections.materials(status):
+                state = self.tracker.state(row["id"])
+                for command in due(state, now, self.tracker.policy):
+                    self.tracker.execute(command)
+                    report.released += 1
 
     # -- submission, exactly once ------------------------------------------------------------
     def _submit_pending(self, report: CycleReport) -> None:
@@ -235,7 +283,10 @@ class Runner:
         budget = min(self.max_submit, max(0, self.max_jobs - in_queue))
         pending = []
         now = utc_now()
-        for state in self._materials_with_work():
+        requested = [row[0] for row in self.tracker.projections.db.execute(
+            "SELECT DISTINCT material_id FROM calculations WHERE state = 'requested' "
+            "ORDER BY material_id")]
+        for state in (self.tracker.state(mid) for mid in requested):
             if state.state in ("held", "cancelled"):
                 continue
             order = self.writer.step_order(state)
@@ -246,8 +297,9 @@ class Runner:
                         continue
                     pending.append((order.get(calc.step, 99), calc.requested_at, state, calc))
         pending.sort(key=lambda p: (p[0], p[1]))
+        slots = self._recovery_slots() if pending else None
         for _, _, state, calc in pending:
-            existing = self._existing_job(calc)
+            existing = self._existing_job(calc) if self._may_be_in_scheduler(calc) else None
             if existing is not None:
                 self._append(state.id, [ev.JobSubmitted(calc.id, existing, self.scheduler.name)],
                              key=f"submitted:{calc.id}")
@@ -258,8 +310,29 @@ class Runner:
                 continue
             if budget <= 0:
                 continue
+            if slots is not None and is_recovery_attempt(state, calc):
+                if slots <= 0:
+                    continue  # max_concurrent_recoveries: this one waits for a free slot
+                slots -= 1
             budget -= 1
             self._submit(state, calc, report)
+
+    def _recovery_slots(self) -> int | None:
+        rules = self.tracker.policy.recovery
+        limit = getattr(rules, "max_concurrent_recoveries", None)
+        if limit is None:
+            return None
+        from eventflow.core.recovery import recovery_slots
+
+        return recovery_slots(self._materials_with_work(), limit)
+
+    def _may_be_in_scheduler(self, calc: CalcState) -> bool:
+        """Whether an earlier run may have called sbatch for ``calc``: it records the job's
+        InputsPrepared before every sbatch (and a timed-out sbatch as SubmissionFailed), so a
+        request without either never reached the scheduler and needs no look-up by name."""
+        if calc.submit_failures > 0:
+            return True
+        return self.tracker.store.by_key(f"inputs:{calc.id}") is not None
 
     def _existing_job(self, calc: CalcState) -> str | None:
         found = self.scheduler.find(job_name(self.project.project_id, calc.id))
@@ -319,6 +392,14 @@ def cancel_jobs(tracker: Tracker, job_ids: list[str]) -> None:
                                     tracker.project.state_dir)
     for job_id in job_ids:
         scheduler.cancel(job_id)
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last written (0 if it cannot be read)."""
+    try:
+        return max(0.0, time.time() - path.stat().st_mtime)
+    except OSError:
+        return 0.0
 
 
 def _int(value: Any) -> int | None:

@@ -18,13 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from eventflow.shell.api import Tracker
 from eventflow.shell.lock import LockHeld, ProjectLock
-from eventflow.shell.runner import Runner
+from eventflow.shell.runner import CycleReport, Runner
 from eventflow.shell.scheduler import choose_scheduler
 
 log = logging.getLogger("eventflow.watcher")
 RECORD = "eventflow-done.json"
+LOG_MAX_BYTES = 10_000_000  # the operational log rotates at this size ...
+LOG_BACKUPS = 5  # ... keeping this many old files (watcher.log.1 ... .5)
+HEARTBEAT_S = 20.0  # the daemon touches its lock this often (others call it stale after 120 s)
+RECHECK_S = 1.0  # a failed job waiting for the scheduler's verdict is looked at again this soon
+RETRY_AFTER_ERROR_S = 5.0  # a cycle that raised is tried again this soon
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,7 +57,8 @@ def setup_logging(path: Path, *, as_json: bool, echo: bool) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     formatter: logging.Formatter = JsonFormatter() if as_json else TextFormatter()
-    file_handler = logging.handlers.RotatingFileHandler(path, maxBytes=10_000_000, backupCount=5)
+    file_handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES,
+                                                        backupCount=LOG_BACKUPS)
     file_handler.setFormatter(formatter)
     root.addHandler(file_handler)
     if echo:
@@ -66,14 +74,39 @@ def _scheduler_for(tracker: Tracker) -> tuple[Any, str]:
     return choose_scheduler(executor, tracker.project.state_dir)
 
 
-def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = None) -> Any:
-    """Process everything pending once, under the project lock (waiting for it if needed)."""
+def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = None,
+             poll: float = 0.05) -> CycleReport:
+    """Process everything pending once, under the project lock (waiting while another
+    ``--once`` holds it). When a daemon holds it there is nothing to do: the daemon does it.
+
+    A failed job whose scheduler verdict is not in yet (see Runner._scheduler_verdict) is
+    looked at again every second until it is judged, for at most VERDICT_WAIT_S.
+    """
     if scheduler is None:
         scheduler, _ = _scheduler_for(tracker)
     lock = ProjectLock(tracker.project.lock_path)
-    lock.acquire(timeout=lock_timeout)
+    deadline = time.monotonic() + lock_timeout
+    while not lock.try_acquire("once"):
+        holder = lock.holder() or {}
+        if holder.get("role") == "daemon":
+            print(f"a watcher is running for {tracker.project.root} (host {holder.get('host')}, "
+                  f"pid {holder.get('pid')}): it processes everything; nothing to do")
+            return CycleReport()
+        if time.monotonic() > deadline:
+            raise LockHeld(holder)
+        time.sleep(poll)
     try:
-        return Runner(tracker, scheduler).cycle()
+        runner = Runner(tracker, scheduler)
+        report = runner.cycle()
+        while report.deferred:
+            time.sleep(RECHECK_S)
+            again = runner.cycle(reconcile=False)
+            for field in attrs.fields(CycleReport):
+                if field.name != "deferred":
+                    setattr(report, field.name,
+                            getattr(report, field.name) + getattr(again, field.name))
+            report.deferred = again.deferred
+        return report
     finally:
         lock.release()
 
@@ -118,7 +151,7 @@ class Watcher:
 
     def run(self) -> int:
         lock = ProjectLock(self.tracker.project.lock_path)
-        if not lock.try_acquire():
+        if not lock.try_acquire("daemon"):
             holder = lock.holder() or {}
             print(f"a watcher is already running for {self.tracker.project.root} "
                   f"(host {holder.get('host')}, pid {holder.get('pid')}); nothing to do")
@@ -134,24 +167,48 @@ class Watcher:
         log.info("watching %s (%s)", self.tracker.project.calcs,
                  f"polling every {self.poll} s" if self.poll else "inotify")
         try:
-            next_reconcile = 0.0
-            while not self.stopping.is_set():
-                self.wake.clear()
-                try:
-                    report = runner.cycle()
-                    if report.busy():
-                        log.info("cycle: %s", report)
-                except Exception:  # keep watching: one bad file must not stop the watcher
-                    log.exception("cycle failed; retrying at the next event")
-                lock.heartbeat()
-                next_reconcile = time.monotonic() + self.reconcile
-                self.wake.wait(max(0.0, next_reconcile - time.monotonic()))
+            self._loop(runner, lock)
         finally:
             observer.stop()
             observer.join(timeout=10)
             lock.release()
             log.info("watcher stopped")
         return 0
+
+    def _loop(self, runner: Runner, lock: ProjectLock) -> None:
+        """Cycle on every file event, ask the scheduler every ``reconcile`` seconds, and keep
+        the lock's heartbeat going in between, until stopped."""
+        next_reconcile = 0.0  # the first cycle reconciles at once
+        next_retry: float | None = None
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            due = now >= next_reconcile
+            if self.wake.is_set() or due or (next_retry is not None and now >= next_retry):
+                self.wake.clear()
+                report = self._cycle(runner, reconcile=due)
+                if due:
+                    next_reconcile = time.monotonic() + self.reconcile
+                if report is None:
+                    next_retry = time.monotonic() + RETRY_AFTER_ERROR_S
+                elif report.deferred:
+                    next_retry = time.monotonic() + RECHECK_S
+                else:
+                    next_retry = None
+            lock.heartbeat()
+            wake_at = min(next_reconcile, time.monotonic() + HEARTBEAT_S,
+                          next_retry if next_retry is not None else float("inf"))
+            self.wake.wait(max(0.0, wake_at - time.monotonic()))
+
+    @staticmethod
+    def _cycle(runner: Runner, *, reconcile: bool) -> CycleReport | None:
+        try:
+            report = runner.cycle(reconcile=reconcile)
+        except Exception:  # keep watching: one bad file must not stop the watcher
+            log.exception("cycle failed; retrying in %g s", RETRY_AFTER_ERROR_S)
+            return None
+        if report.busy():
+            log.info("cycle: %s", report)
+        return report
 
 
 __all__ = ["LockHeld", "Watcher", "run_once", "setup_logging"]

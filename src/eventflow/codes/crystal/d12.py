@@ -107,6 +107,11 @@ TWO_ORIGIN_GROUPS = frozenset(
 RHOMBOHEDRAL_GROUPS = frozenset({146, 148, 155, 160, 161, 166, 167})
 
 
+# Settings of config/crystal.yaml that say how to run the programs, not what goes in the
+# deck: the shell reads them (eventflow.shell.jobs), the deck writers never see them.
+RUN_SETTINGS = frozenset({"executables", "launcher", "modules", "scratch_root"})
+
+
 class InputError(ValueError):
     """Parameters or structure that cannot make a valid deck; the message says which."""
 
@@ -119,6 +124,7 @@ def parse_defaults(text: str, source: str = "crystal.yaml") -> dict[str, Any]:
     loaded = yaml.safe_load(text) or {}
     if not isinstance(loaded, Mapping):
         raise InputError(f"{source}: expected a mapping of CRYSTAL defaults")
+    loaded = {k: v for k, v in loaded.items() if k not in RUN_SETTINGS}
     merged = merge_params(loaded, source=source)
     merged.update({k: loaded.get(k, v) for k, v in PROPERTIES_DEFAULTS.items()})
     return merged
