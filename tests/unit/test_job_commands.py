@@ -118,7 +118,7 @@ def test_recovery_changes_are_not_writer_parameters() -> None:
 
 
 def test_run_settings_are_the_shells_not_the_deck_writers() -> None:
-    assert d12.RUN_SETTINGS == jobs.SHELL_PARAMS | set(jobs.CODE_RESOURCES)
+    assert jobs.SHELL_PARAMS | set(jobs.CODE_RESOURCES) == d12.RUN_SETTINGS
 
 
 def _nio_afm() -> Atoms:
@@ -173,3 +173,34 @@ def test_crystal_yaml_run_settings_reach_the_job_script(tmp_path: Path) -> None:
     deck = (script.parent / "INPUT").read_text()
     assert deckmod.parse_deck(deck).geometry.kind == "CRYSTAL"
     assert set(prepared.files) == {"INPUT"} and prepared.handed == {}
+
+
+def test_a_restart_copies_the_wave_function_to_fort20_with_its_checksum(tmp_path: Path) -> None:
+    """The failed SP's fort.9 becomes the next attempt's fort.20 (what GUESSP reads). The
+    corpus has no real fort.9 (binary, never collected), so a few bytes stand for one:
+    this is about the copy and its record, not about the file's content."""
+    from eventflow.core import events as ev
+    from eventflow.shell.handoff import tree_checksum
+
+    with Tracker.init(tmp_path / "proj") as tracker:
+        structure = tmp_path / "NiO.xyz"
+        write(structure, _nio_afm(), format="extxyz")
+        mid = tracker.create_material(structure, material_id="nio", workflow="scf_only",
+                                      code="crystal", params={"maxcycle": 10})
+        writer = jobs.JobWriter(tracker.project, tracker.policy)
+        first = tracker.state(mid).calcs[f"{mid}/SP/1"]
+        writer.write(tracker.state(mid), first)
+        wavefunction = tracker.project.root / first.directory / "fort.9"
+        wavefunction.write_bytes(b"stands for the binary wave function of SP/1\n")
+        tracker.append(mid, [ev.JobSubmitted(first.id, "1"), ev.JobFinished(first.id, "1", 0),
+                             ev.CalculationFailed(first.id, "scf_not_converged", [],
+                                                  "crystal/1")])
+        state = tracker.state(mid)
+        second = state.calcs[f"{mid}/SP/2"]  # the recovery policy asked for it
+        script, prepared = writer.write(state, second)
+    copied = script.parent / "fort.20"
+    assert copied.read_bytes() == wavefunction.read_bytes()
+    assert prepared.handed == {"fort.20": {"from": first.id, "source": "fort.9",
+                                           "sha256": tree_checksum(copied)}}
+    assert "GUESSP" in scf_keywords_summary(deckmod.parse_deck(
+        (script.parent / "INPUT").read_text()))

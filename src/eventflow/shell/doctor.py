@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,8 @@ def _check(results: list[tuple[str, bool, str]], name: str, ok: bool, detail: st
 def run_doctor(project_dir: Any) -> int:
     from eventflow.core.workflow import parse_workflows
     from eventflow.errors import EventflowError
+    from eventflow.shell.config import pseudo_dir, scheduler_for
     from eventflow.shell.project import CONFIG_FILES, Project
-    from eventflow.shell.scheduler import choose_scheduler
 
     results: list[tuple[str, bool, str]] = []
     try:
@@ -60,10 +59,8 @@ def run_doctor(project_dir: Any) -> int:
             _check(results, f"config {name}", True, str(path))
         except (EventflowError, ImportError) as exc:
             _check(results, f"config {name}", False, f"{exc} (fix the file)")
-    executor = str(project.config("cluster.yaml").get(
-        "executor", project.config("project.yaml").get("executor", "auto")))
     try:
-        scheduler, why = choose_scheduler(executor, project.state_dir)
+        scheduler, why = scheduler_for(project)
         answers = scheduler.ping()
         _check(results, "executor", answers,
                why if answers else f"{why}; it does not answer (start SLURM: "
@@ -74,10 +71,10 @@ def run_doctor(project_dir: Any) -> int:
         found = shutil.which(program)
         _check(results, f"program {program}", found is not None,
                found or "not found (apt-get install quantum-espresso, or load its module)")
-    pseudo = project.config("pseudopotentials.yaml").get("pseudo_dir")
-    if pseudo:
-        ok = Path(os.path.expandvars(str(pseudo))).expanduser().is_dir()
-        _check(results, "pseudopotentials", ok, f"{pseudo}" + ("" if ok else " is not a folder"))
+    pseudo = pseudo_dir(project.config("pseudopotentials.yaml"))
+    ok = Path(pseudo).expanduser().is_dir()
+    _check(results, "pseudopotentials", ok, pseudo + ("" if ok else " is not a folder (set "
+                                                      "pseudo_dir in pseudopotentials.yaml)"))
     crystal = project.config("crystal.yaml").get("executable")
     if crystal:
         found = shutil.which(str(crystal))

@@ -21,6 +21,7 @@ from eventflow.core.policy import PolicyConfig
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.errors import EventflowError
 from eventflow.resources import data_text
+from eventflow.shell.config import pseudo_dir
 from eventflow.shell.parsing import plugins
 from eventflow.shell.project import Project
 
@@ -121,8 +122,7 @@ class JobWriter:
             if code == "qe":
                 table = self.project.config("pseudopotentials.yaml")
                 defaults["pseudopotentials"] = table
-                defaults["pseudo_dir"] = os.path.expandvars(
-                    str(table.get("pseudo_dir") or "/usr/share/espresso/pseudo"))
+                defaults["pseudo_dir"] = pseudo_dir(table)
             if code in CODE_CONFIG:
                 for key, value in self.project.config(CODE_CONFIG[code]).items():
                     if key not in CODE_RESOURCES:

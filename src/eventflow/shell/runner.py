@@ -386,10 +386,9 @@ class Runner:
 
 def cancel_jobs(tracker: Tracker, job_ids: list[str]) -> None:
     """scancel the given jobs (their cancellation is already recorded)."""
-    from eventflow.shell.scheduler import choose_scheduler
+    from eventflow.shell.config import scheduler_for
 
-    scheduler, _ = choose_scheduler(tracker.project.config("project.yaml").get("executor", "auto"),
-                                    tracker.project.state_dir)
+    scheduler, _ = scheduler_for(tracker.project)
     for job_id in job_ids:
         scheduler.cancel(job_id)
 

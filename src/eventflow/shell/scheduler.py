@@ -675,16 +675,19 @@ class LocalExecutor:
 EXECUTORS = ("slurm", "local", "auto")
 
 
-def choose_scheduler(executor: str, state_dir: Path,
-                     slurm: SlurmScheduler | None = None) -> tuple[Scheduler, str]:
+def choose_scheduler(executor: str, state_dir: Path, slurm: SlurmScheduler | None = None, *,
+                     timeout: float = DEFAULT_TIMEOUT,
+                     kill_wait: float = 5.0) -> tuple[Scheduler, str]:
     """The scheduler for config ``executor: slurm | local | auto``, and a sentence saying why.
 
-    ``auto`` takes SLURM when ``scontrol ping`` answers, else runs jobs locally.
+    ``auto`` takes SLURM when ``scontrol ping`` answers, else runs jobs locally. ``timeout``
+    bounds every SLURM command and ``kill_wait`` is the local executor's TERM-to-KILL grace
+    (config/cluster.yaml ``scheduler.command_timeout_s`` and ``scheduler.local_kill_wait_s``).
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor {executor!r}: use one of {', '.join(EXECUTORS)}")
-    slurm = slurm if slurm is not None else SlurmScheduler()
-    local = LocalExecutor(state_dir)
+    slurm = slurm if slurm is not None else SlurmScheduler(timeout=timeout)
+    local = LocalExecutor(state_dir, kill_wait=kill_wait)
     if executor == "slurm":
         if slurm.ping():
             return slurm, "Using SLURM (executor: slurm); scontrol ping answers."

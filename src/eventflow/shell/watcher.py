@@ -23,7 +23,6 @@ import attrs
 from eventflow.shell.api import Tracker
 from eventflow.shell.lock import LockHeld, ProjectLock
 from eventflow.shell.runner import CycleReport, Runner
-from eventflow.shell.scheduler import choose_scheduler
 
 log = logging.getLogger("eventflow.watcher")
 RECORD = "eventflow-done.json"
@@ -68,10 +67,9 @@ def setup_logging(path: Path, *, as_json: bool, echo: bool) -> None:
 
 
 def _scheduler_for(tracker: Tracker) -> tuple[Any, str]:
-    executor = str(tracker.project.config("project.yaml").get("executor", "auto"))
-    cluster = tracker.project.config("cluster.yaml")
-    executor = str(cluster.get("executor", executor))
-    return choose_scheduler(executor, tracker.project.state_dir)
+    from eventflow.shell.config import scheduler_for
+
+    return scheduler_for(tracker.project)
 
 
 def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = None,
