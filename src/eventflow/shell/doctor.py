@@ -75,11 +75,12 @@ def run_doctor(project_dir: Any) -> int:
     ok = Path(pseudo).expanduser().is_dir()
     _check(results, "pseudopotentials", ok, pseudo + ("" if ok else " is not a folder (set "
                                                       "pseudo_dir in pseudopotentials.yaml)"))
-    crystal = project.config("crystal.yaml").get("executable")
-    if crystal:
-        found = shutil.which(str(crystal))
-        _check(results, "program CRYSTAL", found is not None,
-               found or f"{crystal} not found (set crystal.yaml executable/modules)")
+    for name, program in (project.config("crystal.yaml").get("executables") or {}).items():
+        argv = program if isinstance(program, list) else [program]
+        found = shutil.which(str(argv[0])) if argv else None
+        _check(results, f"program CRYSTAL {name}", found is not None,
+               found or f"{argv[0]} not found (set executables/modules in crystal.yaml; the "
+               "modules are loaded only inside jobs, so this may be fine on a login node)")
     for label, path in (("project disk", project.root), ("state disk", project.state_dir)):
         free = shutil.disk_usage(path).free / 2**30
         _check(results, label, free > 5, f"{free:.1f} GiB free in {path}")
