@@ -174,3 +174,15 @@ def test_help_is_fast_enough_to_not_import_ase() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ}, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_doctor_names_a_broken_config_file_and_fails(project: Path) -> None:
+    proc = run("doctor", cwd=project, check=False)
+    assert "config workflows.yaml" in proc.stdout and "log filesystem" in proc.stdout
+    (project / "config" / "workflows.yaml").write_text(
+        "workflows:\n  loop:\n    steps:\n      A: {after_ok: [B]}\n      B: {after_ok: [A]}\n"
+    )
+    broken = run("doctor", cwd=project, check=False)
+    assert broken.returncode == 1
+    line = next(x for x in broken.stdout.splitlines() if "config workflows.yaml" in x)
+    assert line.startswith("FAIL") and "cycle" in line

@@ -30,7 +30,9 @@ def filesystem_type(path: Path) -> str:
     return kind
 
 
-def _check(results: list[tuple[str, bool, str]], name: str, ok: bool, detail: str) -> None:
+def _check(results: list[tuple[str, bool | None, str]], name: str, ok: bool | None,
+           detail: str) -> None:
+    """ok: True fine, False a problem (exit 1), None a warning (worth knowing, not fatal)."""
     results.append((name, ok, detail))
 
 
@@ -40,7 +42,7 @@ def run_doctor(project_dir: Any) -> int:
     from eventflow.shell.config import pseudo_dir, scheduler_for
     from eventflow.shell.project import CONFIG_FILES, Project
 
-    results: list[tuple[str, bool, str]] = []
+    results: list[tuple[str, bool | None, str]] = []
     try:
         project = Project.at(project_dir)
     except EventflowError as exc:
@@ -78,7 +80,7 @@ def run_doctor(project_dir: Any) -> int:
     for name, program in (project.config("crystal.yaml").get("executables") or {}).items():
         argv = program if isinstance(program, list) else [program]
         found = shutil.which(str(argv[0])) if argv else None
-        _check(results, f"program CRYSTAL {name}", found is not None,
+        _check(results, f"program CRYSTAL {name}", True if found else None,
                found or f"{argv[0]} not found (set executables/modules in crystal.yaml; the "
                "modules are loaded only inside jobs, so this may be fine on a login node)")
     for label, path in (("project disk", project.root), ("state disk", project.state_dir)):
@@ -92,5 +94,6 @@ def run_doctor(project_dir: Any) -> int:
                "config/project.yaml to a local disk of the login node" if on_network else ""))
     width = max(len(r[0]) for r in results)
     for name, ok, detail in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {name:<{width}}  {detail}")
-    return 0 if all(ok for _, ok, _ in results) else 1
+        label = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
+        print(f"{label} {name:<{width}}  {detail}")
+    return 1 if any(ok is False for _, ok, _ in results) else 0
