@@ -186,3 +186,19 @@ def test_doctor_names_a_broken_config_file_and_fails(project: Path) -> None:
     assert broken.returncode == 1
     line = next(x for x in broken.stdout.splitlines() if "config workflows.yaml" in x)
     assert line.startswith("FAIL") and "cycle" in line
+
+
+def test_parse_exits_0_for_a_failed_run_and_1_for_an_unreadable_file(tmp_path: Path) -> None:
+    corpus = Path(__file__).resolve().parents[1] / "data" / "corpus"
+    failed = corpus / "crystal" / "c17_nio_afm_scf_TOO_MANY_CYCLES.out"
+    proc = run("parse", str(failed), "--json", cwd=tmp_path)  # no project needed
+    result = json.loads(proc.stdout)
+    assert (result["code"], result["status"], result["error_kind"]) == (
+        "crystal", "error", "scf_not_converged")
+    assert result["errors"][0]["line"] > 0
+    binary = tmp_path / "junk.out"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    for bad in (binary, tmp_path / "missing.out", tmp_path):
+        proc = run("parse", str(bad), cwd=tmp_path, check=False)
+        assert proc.returncode == 1 and str(bad) in proc.stderr
+        assert proc.stderr.count("\n") == 1

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from eventflow.core.ids import check_step
+from eventflow.core.yamltext import Lines
 from eventflow.errors import ConfigError
 
 FINAL_FAILURE = ("failed", "lost", "cancelled")
@@ -98,28 +99,44 @@ def is_complete(state: Any, workflow: Workflow) -> bool:
     return True
 
 
-def parse_workflows(doc: Mapping[str, Any], source: str = "workflows.yaml") -> dict[str, Workflow]:
-    """Validate a ``workflows:`` mapping: unknown prerequisites and cycles are errors."""
+def parse_workflows(
+    doc: Mapping[str, Any], source: str = "workflows.yaml", lines: Lines | None = None
+) -> dict[str, Workflow]:
+    """Validate a ``workflows:`` mapping: unknown keys or prerequisites and cycles are errors
+    that name the file and, when ``lines`` are given (``core.yamltext``), the line."""
+    lines = lines or {}
+
+    def fail(path: tuple[Any, ...], message: str) -> ConfigError:
+        while path and path not in lines:
+            path = path[:-1]
+        where = f"{source}:{lines[path][1]}" if path in lines else source
+        return ConfigError(f"{where}: {message}")
+
     if not isinstance(doc, Mapping) or not isinstance(doc.get("workflows"), Mapping):
-        raise ConfigError(f"{source}: expected a top-level 'workflows:' mapping")
+        raise fail((), "expected a top-level 'workflows:' mapping")
     out: dict[str, Workflow] = {}
     for wname, body in doc["workflows"].items():
+        here = ("workflows", wname)
         steps_doc = (body or {}).get("steps") if isinstance(body, Mapping) else None
         if not isinstance(steps_doc, Mapping) or not steps_doc:
-            raise ConfigError(f"{source}: workflow {wname!r} needs a 'steps:' mapping")
+            raise fail(here, f"workflow {wname!r} needs a 'steps:' mapping")
         steps: dict[str, StepDef] = {}
         for sname, sdoc in steps_doc.items():
+            at = (*here, "steps", sname)
             sdoc = sdoc or {}
             try:
                 check_step(sname)
             except ValueError as exc:
-                raise ConfigError(f"{source}: workflow {wname!r}: {exc}") from exc
+                raise fail(at, f"workflow {wname!r}: {exc}") from exc
+            if not isinstance(sdoc, Mapping):
+                raise fail(at, f"workflow {wname!r} step {sname!r}: expected a mapping")
             unknown = set(sdoc) - {"after_ok", "after_any", "after_failed", "optional",
                                    "resources", "params"}
             if unknown:
-                raise ConfigError(
-                    f"{source}: workflow {wname!r} step {sname!r}: unknown keys {sorted(unknown)}"
-                )
+                key = sorted(unknown)[0]
+                raise fail((*at, key), f"workflow {wname!r} step {sname!r}: unknown key "
+                           f"{key!r} (known: after_ok, after_any, after_failed, optional, "
+                           "resources, params)")
 
             def names(key: str, sdoc: Mapping[str, Any] = sdoc) -> tuple[str, ...]:
                 value = sdoc.get(key) or ()
@@ -135,13 +152,16 @@ def parse_workflows(doc: Mapping[str, Any], source: str = "workflows.yaml") -> d
                 params=dict(sdoc.get("params") or {}),
             )
         for step in steps.values():
-            for pre in step.prerequisites:
-                if pre not in steps:
-                    raise ConfigError(
-                        f"{source}: workflow {wname!r} step {step.name!r} depends on unknown "
-                        f"step {pre!r}"
-                    )
-        _check_acyclic(wname, steps, source)
+            for key in ("after_ok", "after_any", "after_failed"):
+                for pre in getattr(step, key):
+                    if pre not in steps:
+                        raise fail((*here, "steps", step.name, key),
+                                   f"workflow {wname!r} step {step.name!r} depends on unknown "
+                                   f"step {pre!r}")
+        try:
+            _check_acyclic(wname, steps, source)
+        except ConfigError as exc:
+            raise fail(here, str(exc).split(": ", 1)[1]) from None
         out[wname] = Workflow(wname, steps)
     return out
 

@@ -20,10 +20,13 @@ def pseudo_dir(table: dict[str, Any]) -> str:
 
 
 def load_workflows(project: Project) -> dict:
+    from eventflow.core.yamltext import load_with_lines
+
     path = project.config_path("workflows.yaml")
     workflows = dict(BUILTIN)
     if path.is_file():
-        workflows.update(parse_workflows(project.config("workflows.yaml"), source=str(path)))
+        doc, lines = load_with_lines(path.read_text(encoding="utf-8"), str(path))
+        workflows.update(parse_workflows(doc or {}, source=str(path), lines=lines))
     return workflows
 
 

@@ -37,9 +37,8 @@ def _check(results: list[tuple[str, bool | None, str]], name: str, ok: bool | No
 
 
 def run_doctor(project_dir: Any) -> int:
-    from eventflow.core.workflow import parse_workflows
     from eventflow.errors import EventflowError
-    from eventflow.shell.config import pseudo_dir, scheduler_for
+    from eventflow.shell.config import load_policy, load_workflows, pseudo_dir, scheduler_for
     from eventflow.shell.project import CONFIG_FILES, Project
 
     results: list[tuple[str, bool | None, str]] = []
@@ -53,11 +52,9 @@ def run_doctor(project_dir: Any) -> int:
         try:
             doc = project.config(name)
             if name == "workflows.yaml" and doc:
-                parse_workflows(doc, source=str(path))
+                load_workflows(project)
             if name == "recovery.yaml" and doc:
-                from eventflow.core import recovery
-
-                recovery.parse_recovery(doc, source=str(path))
+                load_policy(project)
             _check(results, f"config {name}", True, str(path))
         except (EventflowError, ImportError) as exc:
             _check(results, f"config {name}", False, f"{exc} (fix the file)")

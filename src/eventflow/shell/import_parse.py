@@ -50,7 +50,6 @@ class Parsed:
     structure: dict[str, Any] | None = None  # numbers, positions, cell, pbc of the final one
     formula: str = ""
     job_id: str | None = None
-    truncated: bool = False  # the output ends mid-run: maybe still being written
 
     @property
     def folder(self) -> str:
@@ -126,8 +125,7 @@ def _parse(c: Candidate) -> Parsed:
         program=result.program, calculation=result.calculation,
         parser=result.parser or getattr(plugin, "parser_version", code),
         properties=properties, structure=structure,
-        formula=formula or _input_formula(c.inputs), job_id=job_id,
-        truncated=result.error_kind == "truncated", **verdict,
+        formula=formula or _input_formula(c.inputs), job_id=job_id, **verdict,
     )
 
 

@@ -17,7 +17,7 @@ from eventflow.core.recovery.parse import KNOWN_CODES, parse_recovery
 from eventflow.core.recovery.plan import TRANSIENT_RESOURCES, recoveries_used, stage_tries
 from eventflow.core.recovery.recover import SCHEDULER_STATE_KINDS, due, error_kind, recover
 from eventflow.core.recovery.throttle import is_recovery_attempt, recovery_slots
-from eventflow.core.recovery.yamltext import load_with_lines, merge, merge_lines
+from eventflow.core.yamltext import load_with_lines, merge, merge_lines
 
 
 def load_recovery_text(text: str, source: str = "recovery.yaml", *,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from eventflow.core.recovery import units
-from eventflow.core.recovery.yamltext import Lines, Path
+from eventflow.core.yamltext import Lines, Path
 from eventflow.errors import ConfigError
 
 

@@ -30,7 +30,7 @@ from eventflow.core.recovery.model import (
     Rule,
     Stage,
 )
-from eventflow.core.recovery.yamltext import Lines, Path
+from eventflow.core.yamltext import Lines, Path
 
 KNOWN_CODES = ("qe", "crystal")
 # Changes the runner handles itself, for every code: "structure: last" renders the next
