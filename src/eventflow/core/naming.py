@@ -136,7 +136,8 @@ def rule_from_config(doc: Mapping[str, Any] | None, source: str = "naming.yaml")
                 for code, names in inputs.items()},
         job_logs=tuple(_pattern(t, f"{source}: files.job_logs")
                        for t in _strings(files.get("job_logs"), f"{source}: files.job_logs")),
-        skip_folders=frozenset(_strings(files.get("skip_folders"), f"{source}: files.skip_folders")),
+        skip_folders=frozenset(_strings(files.get("skip_folders"),
+                                        f"{source}: files.skip_folders")),
     )
 
 
