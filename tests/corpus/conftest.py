@@ -25,6 +25,16 @@ def corpus_file(relative: str) -> Path | None:
     return None
 
 
+def read_corpus(relative: str) -> str:
+    """The text of a corpus file; skips the test (with the file named) where it is absent."""
+    import pytest
+
+    path = corpus_file(relative)
+    if path is None:
+        pytest.skip(f"{relative} is neither bundled nor in the shared corpus")
+    return path.read_text(errors="replace")
+
+
 def truth_rows(code: str | None = None) -> list[dict[str, str]]:
     """TRUTH.tsv rows (union of bundled and shared), optionally only those of ``code``."""
     rows: dict[str, dict[str, str]] = {}

@@ -16,16 +16,11 @@ import pytest
 
 from eventflow.codes.base import HARTREE_EV
 from eventflow.codes.crystal import PLUGIN, fort25, parse, patterns
-from tests.corpus.conftest import BUNDLED, SHARED, corpus_file, truth_rows
+from tests.corpus.conftest import BUNDLED, SHARED, corpus_file, read_corpus, truth_rows
 
 CRYSTAL_ROWS = truth_rows("crystal")
 
 
-def _read(relative: str) -> str:
-    path = corpus_file(relative)
-    if path is None:
-        pytest.skip(f"{relative} is neither bundled nor in the shared corpus")
-    return path.read_text(errors="replace")
 
 
 def test_truth_has_the_crystal_rows() -> None:
@@ -34,7 +29,7 @@ def test_truth_has_the_crystal_rows() -> None:
 
 @pytest.mark.parametrize("row", CRYSTAL_ROWS, ids=[r["file"] for r in CRYSTAL_ROWS])
 def test_truth_row(row: dict[str, str]) -> None:
-    text = _read(row["file"])
+    text = read_corpus(row["file"])
     assert PLUGIN.detect(text)
     result = PLUGIN.parse(text)
     assert result.code == "crystal"
@@ -63,7 +58,7 @@ def test_truth_row(row: dict[str, str]) -> None:
 
 
 def test_parse_is_deterministic_and_serialisable() -> None:
-    text = _read("crystal/c17_mackinawite_spin_opt_converged.out")
+    text = read_corpus("crystal/c17_mackinawite_spin_opt_converged.out")
     first, second = PLUGIN.parse(text), PLUGIN.parse(text)
     assert first == second
     assert first.to_dict()["properties"]["opt_points"] == 21
@@ -74,7 +69,7 @@ def test_parse_is_deterministic_and_serialisable() -> None:
 
 def test_optimised_geometry_of_a_slab() -> None:
     """c14_slab_opt.out prints a final 2D cell 2.8485 x 2.8485 and 3 Fe atoms."""
-    props = PLUGIN.parse(_read("crystal/c14_slab_opt.out")).properties
+    props = PLUGIN.parse(read_corpus("crystal/c14_slab_opt.out")).properties
     geometry = props["final_geometry"]
     assert geometry["dimensionality"] == 2
     assert geometry["lattice"]["a"] == pytest.approx(2.8485)
@@ -87,7 +82,7 @@ def test_optimised_geometry_of_a_slab() -> None:
 
 def test_optimised_mgo_cell_matches_its_volume() -> None:
     """c22_mgo_opt_onelog_converged.out: primitive fcc cell a = 2.99828782, VOLUME= 19.059213."""
-    geometry = PLUGIN.parse(_read("crystal/c22_mgo_opt_onelog_converged.out")).properties[
+    geometry = PLUGIN.parse(read_corpus("crystal/c22_mgo_opt_onelog_converged.out")).properties[
         "final_geometry"]
     lat = geometry["lattice"]
     a = lat["a"]
@@ -99,7 +94,7 @@ def test_optimised_mgo_cell_matches_its_volume() -> None:
 
 def test_molecule_geometry_is_cartesian() -> None:
     """c17_co_molecule_opt_converged.out prints the C-O neighbour distance as 1.1879 A."""
-    props = PLUGIN.parse(_read("crystal/c17_co_molecule_opt_converged.out")).properties
+    props = PLUGIN.parse(read_corpus("crystal/c17_co_molecule_opt_converged.out")).properties
     geometry = props["final_geometry"]
     assert geometry["dimensionality"] == 0 and "lattice" not in geometry
     assert geometry["coordinates"] == ["angstrom"] * 3
@@ -110,16 +105,16 @@ def test_molecule_geometry_is_cartesian() -> None:
 def test_scf_outcome_and_cpu_time() -> None:
     """c17_nio_afm_scf_TOO_MANY_CYCLES.out: 'TOO MANY CYCLES ... CYCLES  10', no TOTAL CPU
     TIME line, last timing line 'END TELAPSE 179.47 TCPU 158.40'."""
-    props = PLUGIN.parse(_read("crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.out")).properties
+    props = PLUGIN.parse(read_corpus("crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.out")).properties
     assert props["scf_converged"] is False and props["scf_cycles"] == 10
     assert props["cpu_time_s"] == pytest.approx(158.40)
-    big = PLUGIN.parse(_read("crystal/c17_large_scf_130k_cpu_s.out")).properties
+    big = PLUGIN.parse(read_corpus("crystal/c17_large_scf_130k_cpu_s.out")).properties
     assert big["cpu_time_s"] == pytest.approx(130919.652)
 
 
 def test_fermi_energy_of_a_metal_after_opt_end() -> None:
     """c22_carbon_nanotube: last 'POSSIBLY CONDUCTING STATE - EFERMI(AU) -1.6766295E-01'."""
-    props = PLUGIN.parse(_read("crystal/c22_carbon_nanotube_opt_elastic1d.out")).properties
+    props = PLUGIN.parse(read_corpus("crystal/c22_carbon_nanotube_opt_elastic1d.out")).properties
     assert props["fermi_energy_ha"] == pytest.approx(-0.16766295)
     assert props["fermi_energy_ev"] == pytest.approx(-0.16766295 * HARTREE_EV)
 
@@ -127,13 +122,14 @@ def test_fermi_energy_of_a_metal_after_opt_end() -> None:
 def test_killed_optimisation_counts_its_points() -> None:
     """c17_nio_afm_opt_killed_walltime_SIGTERM.out has no OPT END; its last optimisation
     line is 'CELL OPTIMIZATION - POINT   20' (killed during that point)."""
-    props = PLUGIN.parse(_read("crystal/c17_nio_afm_opt_killed_walltime_SIGTERM.out")).properties
+    text = read_corpus("crystal/c17_nio_afm_opt_killed_walltime_SIGTERM.out")
+    props = PLUGIN.parse(text).properties
     assert props["opt_converged"] is False
     assert props["opt_points"] == 20
 
 
 def test_concatenated_file_lists_both_runs() -> None:
-    props = PLUGIN.parse(_read("crystal/c14_test04_scf_plus_properties.out")).properties
+    props = PLUGIN.parse(read_corpus("crystal/c14_test04_scf_plus_properties.out")).properties
     assert props["runs"] == ["CRYSTAL14 1.0.4", "CRYSTAL14 properties 1.0.4"]
 
 
@@ -145,7 +141,7 @@ CORPUS_ROWS = [p for p in patterns.ERROR_PATTERNS if p.source.startswith("corpus
 @pytest.mark.parametrize("pattern", CORPUS_ROWS, ids=lambda p: p.name)
 def test_row_is_hit_by_its_real_file(pattern: patterns.ErrorPattern) -> None:
     relative = pattern.source.split(":", 1)[1].strip()
-    text = _read(relative).replace("\r\n", "\n")
+    text = read_corpus(relative).replace("\r\n", "\n")
     hits = [f for f in patterns.find_errors(text) if f.pattern == pattern.name]
     assert hits, f"{pattern.name} not found in {relative}"
     assert all(h.kind == pattern.kind for h in hits)
@@ -218,7 +214,7 @@ def _cut_before(text: str, marker: str) -> str:
 
 def test_real_output_cut_before_termination_is_truncated() -> None:
     """Derived: c17_mgo_scf_converged_bare.out cut just before its TERMINATION line."""
-    original = _read("crystal/c17_mgo_scf_converged_bare.out")
+    original = read_corpus("crystal/c17_mgo_scf_converged_bare.out")
     text = _cut_before(original, "EEEEEEEEEE TERMINATION")
     result = PLUGIN.parse(text)
     assert (result.status, result.error_kind) == ("error", "truncated")
@@ -233,7 +229,7 @@ def test_real_output_killed_by_a_documented_message(name: str) -> None:
     """Derived: c17_mgo_scf_converged_bare.out cut before its first SCF cycle, with the
     documented message of row ``name`` appended (the row's example)."""
     row = next(p for p in patterns.ERROR_PATTERNS if p.name == name)
-    text = _cut_before(_read("crystal/c17_mgo_scf_converged_bare.out"), " CYC   0")
+    text = _cut_before(read_corpus("crystal/c17_mgo_scf_converged_bare.out"), " CYC   0")
     result = PLUGIN.parse(text + row.example + "\n")
     assert (result.status, result.error_kind) == ("error", row.kind)
     assert result.program == "CRYSTAL17 1.0.2"
@@ -243,7 +239,7 @@ def test_real_output_killed_by_a_documented_message(name: str) -> None:
 def test_walltime_kill_after_a_real_scf_failure_keeps_the_scf_cause() -> None:
     """Derived: c17_nio_afm_scf_TOO_MANY_CYCLES.out with the documented Slurm time-limit
     line appended: the SCF failure is the root cause, both are reported."""
-    text = _read("crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.out")
+    text = read_corpus("crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.out")
     result = PLUGIN.parse(text + "slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT "
                           "2024-01-01T00:00:00 DUE TO TIME LIMIT ***\n")
     assert result.error_kind == "scf_not_converged"
@@ -258,7 +254,7 @@ def test_fort25_band_structure_of_mgo() -> None:
     (14 bands, 7 points, EFermi -0.308269 Ha); the properties output prints the same
     Fermi energy (FERMI ENERGY -0.308E+00) and 'TOTAL OF 30 K-POINTS' (31 with segment
     ends counted twice)."""
-    data = fort25.parse_fort25(_read("crystal/p14_mgo_band.fort25"))
+    data = fort25.parse_fort25(read_corpus("crystal/p14_mgo_band.fort25"))
     assert data.dos == ()
     bands = data.bands[0]
     assert bands.nspin == 1 and bands.nbands == 14
@@ -267,24 +263,24 @@ def test_fort25_band_structure_of_mgo() -> None:
     assert bands.segments[0] == ((0, 0, 0), (4, 0, 4))
     assert np.all(np.diff(bands.kdist) >= 0)
     assert np.all(np.diff(bands.energies[0], axis=1) >= -1e-9)  # bands in ascending order
-    outp = PLUGIN.parse(_read("crystal/p14_mgo_band_properties.outp"))
+    outp = PLUGIN.parse(read_corpus("crystal/p14_mgo_band_properties.outp"))
     assert outp.properties["fermi_energy_ha"] == pytest.approx(bands.efermi_ha, abs=5e-4)
 
 
 def test_fort25_dos_headers() -> None:
     """MANIFEST: MgO DOSS 102 points, dE 7.42411E-03 Ha, EFermi -1.46501E-01; NiO pdos
     spin-polarised (IHFERM 3) with alpha and beta blocks."""
-    mgo = fort25.parse_fort25(_read("crystal/p17_mgo_doss.fort25")).dos[0]
+    mgo = fort25.parse_fort25(read_corpus("crystal/p17_mgo_doss.fort25")).dos[0]
     assert mgo.dos.shape == (1, 1, 102)
     assert mgo.energies[1] - mgo.energies[0] == pytest.approx(7.42411e-3)
     assert mgo.efermi_ha == pytest.approx(-0.146501)
     assert np.all(mgo.dos >= 0)
-    nio = fort25.parse_fort25(_read("crystal/p17_nio_afm_pdos.fort25")).dos[0]
+    nio = fort25.parse_fort25(read_corpus("crystal/p17_nio_afm_pdos.fort25")).dos[0]
     assert nio.nspin == 2 and nio.nproj == 3
 
 
 def test_spin_polarised_fort25_has_two_spins_on_the_same_path() -> None:
-    data = fort25.parse_fort25(_read("crystal/p_spinpolarized_band.fort25"))
+    data = fort25.parse_fort25(read_corpus("crystal/p_spinpolarized_band.fort25"))
     bands = data.bands[0]
     assert bands.nspin == 2 and bands.nbands == 41
     assert bands.efermi_ha == pytest.approx(-0.125107)
@@ -293,7 +289,7 @@ def test_spin_polarised_fort25_has_two_spins_on_the_same_path() -> None:
 
 
 def test_broken_band_path_keeps_every_segment() -> None:
-    bands = fort25.parse_fort25(_read("crystal/p_lif_broken_band_path.fort25")).bands[0]
+    bands = fort25.parse_fort25(read_corpus("crystal/p_lif_broken_band_path.fort25")).bands[0]
     ends = [seg[1] for seg in bands.segments[:-1]]
     starts = [seg[0] for seg in bands.segments[1:]]
     assert any(e != s for e, s in zip(ends, starts, strict=True)), "expected a jump"
@@ -304,7 +300,7 @@ def test_band_dat_and_gap_against_the_properties_output() -> None:
     """p17_mgo_BAND.DAT: 201 k points, 26 bands, 4 panels, energies relative to the top of
     the valence band; the run's output (p17_mgo_band.outp) prints DIRECT ENERGY BAND GAP
     7.1237 eV, which the path through Gamma must reproduce from the band energies."""
-    bands = fort25.parse_band_dat(_read("crystal/p17_mgo_BAND.DAT"))
+    bands = fort25.parse_band_dat(read_corpus("crystal/p17_mgo_BAND.DAT"))
     assert bands.energies.shape == (1, 201, 26)
     assert bands.labels == (
         "(0,0,0)/4", "(2,0,2)/4", "(2,2,2)/4", "(0,0,0)/4", "(2,1,3)/4"
@@ -312,25 +308,25 @@ def test_band_dat_and_gap_against_the_properties_output() -> None:
     e = bands.energies[0]
     assert bands.efermi_ha == pytest.approx(-0.15202)
     gap = (e[e > 1e-6].min() - e[e <= 1e-6].max()) * HARTREE_EV
-    outp = PLUGIN.parse(_read("crystal/p17_mgo_band.outp"))
+    outp = PLUGIN.parse(read_corpus("crystal/p17_mgo_band.outp"))
     assert gap == pytest.approx(outp.band_gap_ev, abs=0.01)
 
 
 def test_doss_dat_files() -> None:
-    nacl = fort25.parse_doss_dat(_read("crystal/p14_nacl_DOSS.DAT"))
+    nacl = fort25.parse_doss_dat(read_corpus("crystal/p14_nacl_DOSS.DAT"))
     assert nacl.dos.shape == (1, 1, 302) and nacl.efermi_ha is None
-    cu = fort25.parse_doss_dat(_read("crystal/p_cu_DOSS.DAT"))
+    cu = fort25.parse_doss_dat(read_corpus("crystal/p_cu_DOSS.DAT"))
     assert cu.dos.shape == (2, 5, 202)
     assert cu.efermi_ha == pytest.approx(-0.18149)
     assert cu.dos[1].sum() < 0 < cu.dos[0].sum()  # beta densities are written negative
-    nacl_bands = fort25.parse_band_dat(_read("crystal/p14_nacl_BAND.DAT"))
+    nacl_bands = fort25.parse_band_dat(read_corpus("crystal/p14_nacl_BAND.DAT"))
     assert nacl_bands.energies.shape == (1, 61, 18)
 
 
 def test_bad_fort25_is_refused_in_one_line() -> None:
     with pytest.raises(fort25.Fort25Error, match="no '-%-' block header"):
         fort25.parse_fort25("not a fort.25\n")
-    text = _read("crystal/p17_mgo_doss.fort25")
+    text = read_corpus("crystal/p17_mgo_doss.fort25")
     with pytest.raises(fort25.Fort25Error, match="expects 102 points"):
         fort25.parse_fort25(text[: len(text) // 2])
 

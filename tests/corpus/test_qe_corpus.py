@@ -16,7 +16,7 @@ from eventflow.codes.base import RYDBERG_EV
 from eventflow.codes.qe import PLUGIN
 from eventflow.codes.qe.parse import BOHR_ANGSTROM, parse, sanity_problems
 from eventflow.codes.qe.patterns import PATTERNS
-from tests.corpus.conftest import BUNDLED, SHARED, corpus_file, truth_rows
+from tests.corpus.conftest import BUNDLED, SHARED, read_corpus, truth_rows
 
 QE_ROWS = truth_rows("qe")
 
@@ -25,11 +25,6 @@ QE_ROWS = truth_rows("qe")
 NO_REAL_TEXT = {"diagonalization_failed"}
 
 
-def _read(relative: str) -> str:
-    path = corpus_file(relative)
-    if path is None:
-        pytest.skip(f"{relative} is neither bundled nor in the shared corpus")
-    return path.read_text(errors="replace")
 
 
 def test_truth_has_qe_rows() -> None:
@@ -38,7 +33,7 @@ def test_truth_has_qe_rows() -> None:
 
 @pytest.mark.parametrize("row", QE_ROWS, ids=[r["file"] for r in QE_ROWS])
 def test_truth_row(row: dict[str, str]) -> None:
-    text = _read(row["file"])
+    text = read_corpus(row["file"])
     assert PLUGIN.detect(text)
     result = parse(text)
     assert result.code == "qe"
@@ -96,18 +91,18 @@ def test_every_pattern_is_hit_by_a_real_corpus_file() -> None:
 
 def test_crash_files() -> None:
     """pw.x CRASH files (one error block per MPI task) give the same kinds as the outputs."""
-    missing = parse(_read("qe/pw_readpp_file_not_found.CRASH"))
+    missing = parse(read_corpus("qe/pw_readpp_file_not_found.CRASH"))
     assert (missing.status, missing.error_kind) == ("error", "missing_file")
     assert missing.errors[0].pattern == "missing_pseudopotential"
     assert "Li.pbe-sl-kjpaw_psl.1.0.0.UPF" in missing.errors[0].text
-    charge = parse(_read("qe/pw73_wse2_charge_is_wrong.CRASH"))
+    charge = parse(read_corpus("qe/pw73_wse2_charge_is_wrong.CRASH"))
     assert charge.error_kind == "charge_wrong"
     assert len(charge.errors) == 4  # tasks 0, 1, 4 and 5 each wrote a block
 
 
 def test_md_end_is_not_a_geometry_failure() -> None:
     """'The maximum number of steps has been reached.' ends an MD run normally."""
-    text = _read("qe/pw53_si_md.out")
+    text = read_corpus("qe/pw53_si_md.out")
     assert "The maximum number of steps has been reached." in text
     result = parse(text)
     assert result.calculation == "MD" and result.status == "ok"
@@ -116,7 +111,7 @@ def test_md_end_is_not_a_geometry_failure() -> None:
 
 def test_vcrelax_final_structure_matches_printed_volume_and_density() -> None:
     """The final cell read from CELL_PARAMETERS gives the volume pw.x prints beside it."""
-    result = parse(_read("qe/pw66_vcrelax_converged.out"))
+    result = parse(read_corpus("qe/pw66_vcrelax_converged.out"))
     props = result.properties
     assert props["structure_source"] == "final_coordinates"
     structure = props["structure"]
@@ -137,7 +132,7 @@ def test_alat_cell_and_crystal_positions_give_the_printed_volume() -> None:
     density derived from the parsed structure match what pw.x printed for it."""
     from ase.data import atomic_masses, atomic_numbers
 
-    result = parse(_read("qe/pw73_tio2_relax_converged.out"))
+    result = parse(read_corpus("qe/pw73_tio2_relax_converged.out"))
     props = result.properties
     structure = props["structure"]
     assert structure["symbols"] == ["Ti", "Ti", "O", "O", "O", "O"]
@@ -152,10 +147,10 @@ def test_alat_cell_and_crystal_positions_give_the_printed_volume() -> None:
 
 def test_forces_relate_to_the_convergence_threshold() -> None:
     """A converged relax ends below its force threshold; one stopped by nstep does not."""
-    converged = parse(_read("qe/pw73_tio2_relax_converged.out"))
+    converged = parse(read_corpus("qe/pw73_tio2_relax_converged.out"))
     threshold = 5.0e-4 * RYDBERG_EV / BOHR_ANGSTROM  # 'force convergence thresh. = 5.0E-04'
     assert 0 < converged.properties["max_force_ev_per_ang"] < threshold
-    stopped = parse(_read("qe/pw66_relax_max_steps_reached.out"))
+    stopped = parse(read_corpus("qe/pw66_relax_max_steps_reached.out"))
     assert stopped.properties["max_force_ev_per_ang"] > 1.0e-3 * RYDBERG_EV / BOHR_ANGSTROM
 
 
@@ -164,36 +159,36 @@ def test_values_quoted_in_the_manifest() -> None:
     (for the three-run Mn log: as printed at the end of its last run, lines 20348 and
     20363; the manifest's "1.1857/1.2049/1.2167" lists the runs backwards, and its
     magnetisations do not occur in the file)."""
-    spin = parse(_read("qe/pw75_spin_scf_converged.out")).properties
+    spin = parse(read_corpus("qe/pw75_spin_scf_converged.out")).properties
     assert spin["fermi_energy_ev"] == 6.0386
     assert spin["total_magnetization"] == 0.0
     assert spin["n_scf_iterations"] == 18
-    mn = parse(_read("qe/pw51_mn_vdw_3runs_scf_forces_eigs_not_converged.log"))
+    mn = parse(read_corpus("qe/pw51_mn_vdw_3runs_scf_forces_eigs_not_converged.log"))
     assert mn.properties["fermi_energy_ev"] == 1.1857
     assert mn.properties["total_magnetization"] == 11.18
     assert any("eigenvalues not converged" in w for w in mn.warnings)
-    gap = parse(_read("qe/pw70_si_scf_216k_gap.out")).properties
+    gap = parse(read_corpus("qe/pw70_si_scf_216k_gap.out")).properties
     assert (gap["highest_occupied_ev"], gap["lowest_unoccupied_ev"]) == (6.0520, 6.7082)
     assert gap["n_scf_iterations"] == 4
-    pt = parse(_read("qe/pw73_pt_noncollinear_soc_scf.out")).properties
+    pt = parse(read_corpus("qe/pw73_pt_noncollinear_soc_scf.out")).properties
     assert pt["fermi_energy_ev"] == 23.6117
     assert pt["total_magnetization"] == [0.0, 0.0, 0.0]  # noncollinear: a vector
 
 
 def test_converged_outputs_pass_the_sanity_check() -> None:
     for relative in ("qe/pw66_si_scf_converged.out", "qe/pw66_vcrelax_converged.out"):
-        assert sanity_problems(parse(_read(relative))) == []
+        assert sanity_problems(parse(read_corpus(relative))) == []
 
 
 def test_failed_scf_has_no_energy_and_is_rejected() -> None:
-    result = parse(_read("qe/pw66_scf_convergence_NOT_achieved.out"))
+    result = parse(read_corpus("qe/pw66_scf_convergence_NOT_achieved.out"))
     assert any("no total energy" in reason for reason in sanity_problems(result))
 
 
 def test_cut_short_is_truncated() -> None:
     """Derived: the real pw66_si_scf_converged.out cut before its timing report and
     JOB DONE, and cut in the middle of the SCF, both read as truncated SCF runs."""
-    text = _read("qe/pw66_si_scf_converged.out")
+    text = read_corpus("qe/pw66_si_scf_converged.out")
     lines = text.splitlines()
     writing = next(i for i, line in enumerate(lines) if "Writing output data file" in line)
     after_writing = parse("\n".join(lines[: writing + 1]))
@@ -208,8 +203,8 @@ def test_cut_short_is_truncated() -> None:
 def test_last_run_of_a_concatenated_file_decides() -> None:
     """Derived: a failed run followed by a converged one reads as the converged run, and
     the reverse as the failed one (TRUTH_NOTES: the last run is described)."""
-    failed = _read("qe/pw66_scf_convergence_NOT_achieved.out")
-    converged = _read("qe/pw66_si_scf_converged.out")
+    failed = read_corpus("qe/pw66_scf_convergence_NOT_achieved.out")
+    converged = read_corpus("qe/pw66_si_scf_converged.out")
     assert parse(failed + converged).status == "ok"
     reverse = parse(converged + failed)
     assert reverse.error_kind == "scf_not_converged"

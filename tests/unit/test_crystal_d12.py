@@ -28,18 +28,13 @@ from hypothesis import strategies as st
 from eventflow.codes.crystal import PLUGIN, d3, d12
 from eventflow.codes.crystal import deck as deckmod
 from eventflow.codes.crystal import parse as parsemod
-from tests.corpus.conftest import corpus_file
+from tests.corpus.conftest import read_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 # spglib 2.5+ announces a change of its error handling on every call.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:spglib")
 
 
-def _read(relative: str) -> str:
-    path = corpus_file(relative)
-    if path is None:
-        pytest.skip(f"{relative} is neither bundled nor in the shared corpus")
-    return path.read_text(errors="replace")
 
 
 def _basis_sets(deck: deckmod.Deck) -> dict[str, str]:
@@ -86,7 +81,7 @@ def test_si_test08_is_written_back_with_the_same_essentials() -> None:
     """c14_si_lda_test08.d12: Fd-3m, a 5.42, Si at 1/8 1/8 1/8 (origin choice 2: the
     output reports 2 atoms per primitive cell), Becke exchange + PZ correlation, SHRINK 4 4,
     TOLDEE 7."""
-    real = deckmod.validate(_read("crystal/c14_si_lda_test08.d12"))
+    real = deckmod.validate(read_corpus("crystal/c14_si_lda_test08.d12"))
     atoms = d12.atoms_from_deck(real)
     assert len(atoms) == 8  # conventional cell: 2 atoms per primitive cell, as the output says
     params = {"functional": {"exchange": "BECKE", "correlation": "PZ"}, "grid": None,
@@ -104,7 +99,7 @@ def test_si_test08_is_written_back_with_the_same_essentials() -> None:
 def test_mgo_optimisation_is_written_back_with_the_same_essentials() -> None:
     """c_mgo_opt_b3lyp_cryspytools.d12: Fm-3m, a 4.217, OPTGEOM TOLDEG/TOLDEX, B3LYP
     XXLGRID, SHRINK 12 24, TOLINTEG 7 7 7 7 14, FMIXING 70, MAXCYCLE 200."""
-    real = deckmod.validate(_read("crystal/c_mgo_opt_b3lyp_cryspytools.d12"))
+    real = deckmod.validate(read_corpus("crystal/c_mgo_opt_b3lyp_cryspytools.d12"))
     atoms = d12.atoms_from_deck(real)
     params = {"functional": "B3LYP", "grid": "XXLGRID", "shrink": [12, 24], "maxcycle": 200,
               "fmixing": 70, "tolinteg": [7, 7, 7, 7, 14],
@@ -123,7 +118,7 @@ def test_mgo_optimisation_is_written_back_with_the_same_essentials() -> None:
 def _fes_supercell() -> Atoms:
     """FeS rocksalt a 4.84 with SUPERCEL 2 0 0 / 0 1 0 / 0 0 1 applied to the primitive cell,
     Fe first; spins as the deck's ATOMSPIN 1 1 / 2 -1."""
-    real = deckmod.validate(_read("crystal/c17_fes_rocksalt_2x1_opt.d12"))
+    real = deckmod.validate(read_corpus("crystal/c17_fes_rocksalt_2x1_opt.d12"))
     conventional = d12.atoms_from_deck(real)
     assert _signature(conventional)[0] == 225
     primitive = bulk("FeS", "rocksalt", a=real.geometry.params[0])
@@ -140,7 +135,7 @@ def test_fes_afm_supercell_optimisation() -> None:
     FMIXING 80, MAXCYCLE 250, OPTGEOM FULLOPTG MAXCYCLE 100). Its properties run
     (p17_fes_rocksalt_pdos_runprop.outp) reports 4 atoms per cell and 12 symmetry
     operators: the fort.34 we write for the magnetic cell must carry the same 12."""
-    real = deckmod.validate(_read("crystal/c17_fes_rocksalt_2x1_opt.d12"))
+    real = deckmod.validate(read_corpus("crystal/c17_fes_rocksalt_2x1_opt.d12"))
     atoms = _fes_supercell()
     params = {"functional": "HSE06", "grid": "XXLGRID", "shrink": [8, 16], "fmixing": 80,
               "maxcycle": 250, "toldee": 7, "tolinteg": [7, 7, 7, 7, 14],
@@ -165,8 +160,8 @@ def test_nio_afm_external_deck() -> None:
     """c17_nio_afm_scf_TOO_MANY_CYCLES.d12: EXTERNAL, UHF, SHRINK 8 8, ATOMSPIN 1 1 / 2 -1,
     FMIXING 50, MAXCYCLE 10, SPINLOCK 0 15, PPAN. Its output prints the geometry (4 atoms,
     a 2.944 c 4.164) and '16 SYMMOPS'."""
-    real = deckmod.validate(_read("crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.d12"))
-    output = parsemod.parse_output(_read("crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.out"))
+    real = deckmod.validate(read_corpus("crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.d12"))
+    output = parsemod.parse_output(read_corpus("crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.out"))
     atoms = d12.atoms_from_geometry(output.properties["initial_geometry"])
     assert atoms.get_chemical_symbols() == ["Ni", "Ni", "O", "O"]
     atoms.set_initial_magnetic_moments([1.0, -1.0, 0.0, 0.0])
@@ -187,11 +182,11 @@ def test_optimised_structures_read_back_from_outputs() -> None:
     """c22_mgo_opt_onelog_converged.out prints the optimised MgO primitive cell (VOLUME=
     19.059213) and c14_slab_opt.out a 3-atom Fe slab (z = 0, +-1.319490701006)."""
     mgo = d12.atoms_from_geometry(parsemod.parse_output(
-        _read("crystal/c22_mgo_opt_onelog_converged.out")).properties["final_geometry"])
+        read_corpus("crystal/c22_mgo_opt_onelog_converged.out")).properties["final_geometry"])
     assert mgo.get_volume() == pytest.approx(19.059213, rel=1e-6)
     assert _signature(mgo)[:2] == (225, 2)
     slab = d12.atoms_from_geometry(parsemod.parse_output(
-        _read("crystal/c14_slab_opt.out")).properties["final_geometry"])
+        read_corpus("crystal/c14_slab_opt.out")).properties["final_geometry"])
     assert list(slab.pbc) == [True, True, False]
     assert sorted(slab.positions[:, 2]) == pytest.approx([-1.319490701006, 0, 1.319490701006])
     deck = deckmod.validate(PLUGIN.render_inputs(slab, "SP", {})["INPUT"])
@@ -203,7 +198,7 @@ def test_optimised_nanotube_read_back_from_its_output() -> None:
     extra R(ANGS) column on each atom line); its neighbour table gives the shortest C-C
     distance, 1.4251 A."""
     geometry = parsemod.parse_output(
-        _read("crystal/c22_carbon_nanotube_opt_elastic1d.out")).properties["final_geometry"]
+        read_corpus("crystal/c22_carbon_nanotube_opt_elastic1d.out")).properties["final_geometry"]
     tube = d12.atoms_from_geometry(geometry)
     assert len(tube) == 52 and list(tube.pbc) == [True, False, False]
     assert _pair_distances(tube)[0] == pytest.approx(1.4251, abs=1e-4)
@@ -317,7 +312,7 @@ def test_mgo_band_path_contains_the_points_of_a_real_crystal_run() -> None:
     points our path for the same crystal also visits, in the same coordinates."""
     from eventflow.codes.crystal import fort25
 
-    real = fort25.parse_fort25(_read("crystal/p14_mgo_band.fort25")).bands[0]
+    real = fort25.parse_fort25(read_corpus("crystal/p14_mgo_band.fort25")).bands[0]
     real_points = {_fractions(list(p), 8) for seg in real.segments for p in seg}
     atoms = bulk("MgO", "rocksalt", a=4.21)
     d3text = PLUGIN.render_inputs(atoms, "BAND", {})["INPUT"]
@@ -332,7 +327,7 @@ def test_mgo_band_path_contains_the_points_of_a_real_crystal_run() -> None:
 def test_hexagonal_band_path_equals_a_real_crystal_input() -> None:
     """p14_tis2_band.prop.o echoes a real BAND input for TiS2 (P-3m1): 9 segments,
     ISS 6, G-M-K-G-A-L-H-A|L-M|K-H. The path we write for TiS2 is the same, line by line."""
-    echo = _read("crystal/p14_tis2_band.prop.o").splitlines()
+    echo = read_corpus("crystal/p14_tis2_band.prop.o").splitlines()
     start = echo.index("BAND")
     head = [int(v) for v in echo[start + 2].split()]
     real = [[int(v) for v in line.split()[:6]] for line in echo[start + 3:start + 3 + head[0]]]
@@ -361,8 +356,8 @@ def test_mgo_dos_input() -> None:
 
 @pytest.mark.parametrize("name", ["c17_fes_rocksalt_pdos.d3", "p17_mgo_newk_doss.d3",
                                   "p_mgo_many_properties.d3"])
-def test_real_d3_files_are_read(name: str) -> None:
-    entries = {e.name: e for e in d3.parse_d3(_read(f"crystal/{name}"))}
+def test_real_d3_files_areread_corpus(name: str) -> None:
+    entries = {e.name: e for e in d3.parse_d3(read_corpus(f"crystal/{name}"))}
     assert entries["NEWK"].records[-1] == (1, 0)
     assert "DOSS" in entries
 
@@ -472,7 +467,7 @@ REAL_DECKS = ["c14_si_lda_test08.d12", "c17_fes_rocksalt_2x1_opt.d12",
 
 @pytest.mark.parametrize("name", REAL_DECKS)
 def test_real_decks_pass_the_strict_reader(name: str) -> None:
-    deck = deckmod.validate(_read(f"crystal/{name}"), strict=True)
+    deck = deckmod.validate(read_corpus(f"crystal/{name}"), strict=True)
     assert deck.unknown == ()
     assert deck.lines[deck.end].strip().upper().startswith("END")
 
@@ -480,7 +475,7 @@ def test_real_decks_pass_the_strict_reader(name: str) -> None:
 def test_real_deck_structure_is_read_as_written() -> None:
     """c17_fes_rocksalt_2x1_opt.d12, read by eye: SUPERCEL 2 0 0/0 1 0/0 0 1, MODISYMM of
     2 atoms, OPTGEOM FULLOPTG MAXCYCLE 100, basis for Fe (14 shells) and S (10 shells)."""
-    deck = deckmod.validate(_read("crystal/c17_fes_rocksalt_2x1_opt.d12"))
+    deck = deckmod.validate(read_corpus("crystal/c17_fes_rocksalt_2x1_opt.d12"))
     assert deck.geometry.atoms == ((26, 0.0, 0.0, 0.0), (16, 0.5, 0.5, 0.5))
     supercell = deck.geometry_keyword("SUPERCEL")
     assert [list(r) for r in supercell.records] == [[2, 0, 0], [0, 1, 0], [0, 0, 1]]
@@ -505,14 +500,15 @@ def test_real_deck_structure_is_read_as_written() -> None:
 )
 def test_broken_decks_are_refused_with_the_line(edit, message: str) -> None:
     """Derived: c_mgo_opt_b3lyp_cryspytools.d12 with one deliberate mistake each."""
-    text = _read("crystal/c_mgo_opt_b3lyp_cryspytools.d12")
+    text = read_corpus("crystal/c_mgo_opt_b3lyp_cryspytools.d12")
     with pytest.raises(deckmod.DeckError, match=message):
         deckmod.validate(edit(text))
 
 
 def test_unknown_keywords_are_kept_and_refused_only_when_strict() -> None:
     """Derived: the Si test08 deck with a made-up keyword and its number in block 3."""
-    text = _read("crystal/c14_si_lda_test08.d12").replace("NODIRECT\n", "NODIRECT\nWIBBLE\n3\n")
+    text = read_corpus("crystal/c14_si_lda_test08.d12")
+    text = text.replace("NODIRECT\n", "NODIRECT\nWIBBLE\n3\n")
     deck = deckmod.parse_deck(text)
     assert deck.unknown and "WIBBLE" in deck.unknown[0]
     assert deck.scf_keyword("WIBBLE").records == (("3",),)
