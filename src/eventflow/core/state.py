@@ -42,6 +42,7 @@ class CalcState:
         "recovery",
         "submit_failures",
         "finished_seen",
+        "reason",
     )
 
     def __init__(self, e: ev.SubmissionRequested, recorded_at: str) -> None:
@@ -65,6 +66,7 @@ class CalcState:
         self.recovery: ev.RecoveryDecided | None = None
         self.submit_failures = 0
         self.finished_seen = False
+        self.reason = e.reason  # why it was requested: workflow, recovery ..., import, api
 
     @property
     def active(self) -> bool:

@@ -541,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventflow.shell import cli_recovery  # registers its handlers with `command`
 
     cli_recovery.register(sub)
+    from eventflow.shell import cli_io  # import, properties, export-structures
+
+    cli_io.register(sub)
     return parser
 
 

@@ -170,9 +170,10 @@ def _plan_material(state: MaterialState, group: list[Parsed], keys: dict[str, st
         apply_event(state, e, 0, state.version + 1, "")
         out.items.append(NewEvent(mid, e, key, meta))
 
-    fresh = [p for p in group if keys[p.path] not in done and keys[p.path] not in seen]
+    fresh = [p for p in group if keys[p.path] not in done]
     plan.unchanged += len(group) - len(fresh)
-    if not fresh:
+    if not fresh or all(keys[p.path] in seen for p in fresh):
+        plan.unchanged += len(fresh)
         return None
     if out.new:
         out.structure_text, sha = _structure_file(fresh)
@@ -186,6 +187,9 @@ def _plan_material(state: MaterialState, group: list[Parsed], keys: dict[str, st
                 None, meta)
     for p in fresh:
         key = keys[p.path]
+        if key in seen:  # the same output twice in the tree (a copy): imported once
+            plan.unchanged += 1
+            continue
         if p.code != state.code:
             plan.skipped.append(Skipped(p.path, f"a {p.code} output, but {mid} is a "
                                                 f"{state.code} material"))
@@ -211,7 +215,7 @@ def _plan_material(state: MaterialState, group: list[Parsed], keys: dict[str, st
             cid, mid, p.step, attempt, "submitted" if is_attached else p.outcome,
             None if is_attached else p.error_kind, p.job_id or "", p.path, p.code, p.program,
             len(events), p.structure if p.outcome == "completed" and not is_attached else None))
-    return out if out.items else None
+    return out if out.calcs else None
 
 
 def _directory(folder: str, project_root: Path) -> str:

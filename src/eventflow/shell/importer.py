@@ -42,7 +42,6 @@ from eventflow.shell.import_plan import (
 )
 from eventflow.shell.import_scan import Candidate, Skipped, walk
 
-IN_PROCESS_BELOW = 200  # fewer candidates than this are parsed here: no pool to start
 UNKNOWN_PROGRAM = "not an output of a known program"
 Advance = Callable[[int], None]
 
@@ -54,6 +53,7 @@ class ImportOptions:
     workflow: str | None = None
     dry_run: bool = False
     workers: int | None = None  # None: every core
+    min_parallel: int = 200  # fewer candidates are parsed in this process (no pool to start)
     follow_links: bool = False
     batch_events: int = 5000
     use_queue: bool = True
@@ -179,7 +179,7 @@ def _summarise(report: ImportReport, plan: Plan) -> None:
 def _parse_all(candidates: list[Candidate], rule: NamingRule, options: ImportOptions,
                advance: Advance) -> list[Parsed]:
     workers = options.workers or os.cpu_count() or 1
-    if workers <= 1 or len(candidates) < IN_PROCESS_BELOW:
+    if workers <= 1 or len(candidates) < options.min_parallel:
         init_worker(rule, options.code)
         out = []
         for c in candidates:

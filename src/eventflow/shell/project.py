@@ -26,6 +26,7 @@ CONFIG_FILES = (
     "recovery.yaml",
     "pseudopotentials.yaml",
     "crystal.yaml",
+    "naming.yaml",
 )
 
 

@@ -194,11 +194,14 @@ class Runner:
     def _cleanup(self, state: MaterialState, calc: CalcState) -> None:
         """Remove the configured scratch of a succeeded step (recorded first; idempotent)."""
         patterns = [str(p) for p in (self.cleanup.get(state.code) or [])]
-        if not patterns:
+        if not patterns or calc.reason.startswith("import"):
+            return  # an imported calculation's folder is the user's own: never clean it
+        try:
+            folder = self.project.inside(calc.directory)
+        except EventflowError:
             return
         self._append(state.id, [ev.ScratchCleanupDecided(calc.id, patterns)],
                      key=f"cleanup:{calc.id}")
-        folder = self.project.inside(calc.directory)
         freed = 0
         for pattern in patterns:
             for path in folder.glob(pattern):
