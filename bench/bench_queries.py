@@ -55,6 +55,18 @@ def in_process(project: Path, repeats: int) -> list[Result]:
         raw_views.execute("SELECT state, count(*) FROM materials GROUP BY state").fetchall()
         assert rows
 
+    def status_table() -> None:
+        views.catch_up(store)
+        views.state_counts()
+        rows = views.materials(None, limit=100)
+        views.last_seq()
+        assert len(rows) == 100
+
+    def raw_status_table() -> None:
+        raw_views.execute("SELECT state, count(*) FROM materials GROUP BY state").fetchall()
+        rows = raw_views.execute("SELECT * FROM materials ORDER BY id LIMIT 100").fetchall()
+        assert rows
+
     def counts() -> None:
         views.catch_up(store)
         views.state_counts()
@@ -87,7 +99,10 @@ def in_process(project: Path, repeats: int) -> list[Result]:
     n = views.db.execute("SELECT count(*) FROM materials").fetchone()[0]
     results = []
     for label, ef, raw, goal_ms in (
-        (f"status query, all {n:,} materials as dicts (in-process)", status, raw_status, 100),
+        (f"status query as `eventflow status` runs it: counts + the first 100 of {n:,} "
+         "materials by priority (in-process)", status_table, raw_status_table, 100),
+        (f"status query, all {n:,} materials as dicts (`status --all`/`--json`, in-process)",
+         status, raw_status, 100),
         (f"status summary: counts by state of {n:,} materials (in-process)", counts, raw_counts,
          100),
         ("show one material with 1,000 events (in-process)", show, raw_show, 50),

@@ -81,14 +81,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         tracker.projections.catch_up(tracker.store)
         if args.live:
             return _status_live(tracker, args)
-        rows = tracker.projections.materials(args.state)
         if args.json:
+            rows = tracker.projections.materials(args.state)
             _print_json({"materials": rows, "counts": tracker.projections.state_counts(),
                          "last_seq": tracker.projections.last_seq()})
             return 0
         counts = tracker.projections.state_counts()
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no materials"
+        limit = None if args.all else args.limit
+        rows = tracker.projections.materials(args.state, limit=limit)
         _console().print(_status_table(rows, f"eventflow status: {summary}"))
+        shown = counts.get(args.state, 0) if args.state else sum(counts.values())
+        if limit is not None and shown > len(rows):
+            print(f"... and {shown - len(rows)} more (the first {limit} shown, those that want a "
+                  "look first; --all for every one, --state S to filter)")
     return 0
 
 
@@ -103,7 +109,7 @@ def _status_live(tracker: Any, args: argparse.Namespace) -> int:
                 last = tracker.projections.last_seq()
                 if last != seen:
                     seen = last
-                    rows = tracker.projections.materials(args.state)
+                    rows = tracker.projections.materials(args.state, limit=args.limit)
                     live.update(_status_table(rows, f"eventflow status (live, seq {last})"),
                                 refresh=True)
                 time.sleep(0.3)
@@ -478,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="only materials in this state")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--live", action="store_true", help="redraw as events arrive (Ctrl-C quits)")
+    p.add_argument("--limit", type=int, default=100, help="rows in the table (default 100)")
+    p.add_argument("--all", action="store_true", help="every material in the table")
 
     p = sub.add_parser("show", help="one material's whole story")
     p.add_argument("material", help="material id")

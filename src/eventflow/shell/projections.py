@@ -231,13 +231,22 @@ class Projections:
         return theirs - mine
 
     # -- queries -------------------------------------------------------------------------
-    def materials(self, state: str | None = None) -> list[dict[str, Any]]:
+    def materials(self, state: str | None = None, limit: int | None = None,
+                  ) -> list[dict[str, Any]]:
+        """Materials (of one state), those that want a look first: needs_attention, running,
+        waiting, held, ready, registered, then completed and cancelled; ``limit`` rows at most."""
         sql = "SELECT * FROM materials"
-        args: tuple[Any, ...] = ()
+        args: list[Any] = []
         if state is not None:
             sql += " WHERE state = ?"
-            args = (state,)
-        return self._dicts(sql + " ORDER BY id", args)
+            args.append(state)
+        sql += (" ORDER BY CASE state WHEN 'needs_attention' THEN 0 WHEN 'running' THEN 1"
+                " WHEN 'waiting' THEN 2 WHEN 'held' THEN 3 WHEN 'ready' THEN 4"
+                " WHEN 'registered' THEN 5 WHEN 'completed' THEN 6 ELSE 7 END, id")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return self._dicts(sql, tuple(args))
 
     def material(self, material_id: str) -> dict[str, Any] | None:
         found = self._dicts("SELECT * FROM materials WHERE id = ?", (material_id,))
