@@ -25,6 +25,19 @@ def corpus_file(relative: str) -> Path | None:
     return None
 
 
+def corpus_files(folder: str, suffixes: set[str]) -> list[Path]:
+    """Every corpus file in ``folder`` (crystal, qe, slurm) with one of ``suffixes``, bundled
+    copies first, each name once."""
+    files: dict[str, Path] = {}
+    for root in (BUNDLED, SHARED):
+        where = root / folder
+        if where.is_dir():
+            for path in where.iterdir():
+                if path.suffix in suffixes:
+                    files.setdefault(path.name, path)
+    return sorted(files.values())
+
+
 def read_corpus(relative: str) -> str:
     """The text of a corpus file; skips the test (with the file named) where it is absent."""
     import pytest

@@ -16,7 +16,14 @@ import pytest
 
 from eventflow.codes.base import HARTREE_EV
 from eventflow.codes.crystal import PLUGIN, fort25, parse, patterns
-from tests.corpus.conftest import BUNDLED, SHARED, corpus_file, read_corpus, truth_rows
+from tests.corpus.conftest import (
+    BUNDLED,
+    SHARED,
+    corpus_file,
+    corpus_files,
+    read_corpus,
+    truth_rows,
+)
 
 CRYSTAL_ROWS = truth_rows("crystal")
 
@@ -159,14 +166,7 @@ def test_every_row_is_proven_by_a_real_file_or_a_documented_message() -> None:
 
 
 def _all_main_outputs() -> list[Path]:
-    files: dict[str, Path] = {}
-    for root in (BUNDLED, SHARED):
-        folder = root / "crystal"
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if path.suffix in {".out", ".o", ".outp"}:
-                    files.setdefault(path.name, path)
-    return sorted(files.values())
+    return corpus_files("crystal", {".out", ".o", ".outp"})
 
 
 def test_successful_runs_trigger_no_row() -> None:

@@ -16,7 +16,7 @@ from eventflow.codes.base import RYDBERG_EV
 from eventflow.codes.qe import PLUGIN
 from eventflow.codes.qe.parse import BOHR_ANGSTROM, parse, sanity_problems
 from eventflow.codes.qe.patterns import PATTERNS
-from tests.corpus.conftest import BUNDLED, SHARED, read_corpus, truth_rows
+from tests.corpus.conftest import SHARED, corpus_files, read_corpus, truth_rows
 
 QE_ROWS = truth_rows("qe")
 
@@ -63,14 +63,7 @@ def test_truth_row(row: dict[str, str]) -> None:
 
 
 def _all_corpus_qe_files() -> list[Path]:
-    files: dict[str, Path] = {}
-    for root in (BUNDLED, SHARED):
-        folder = root / "qe"
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if path.suffix in {".out", ".log", ".CRASH"}:
-                    files.setdefault(path.name, path)
-    return sorted(files.values())
+    return corpus_files("qe", {".out", ".log", ".CRASH"})
 
 
 def patterns_hit_by_corpus() -> set[str]:
