@@ -12,10 +12,10 @@ record appeared.
   returns an id. That measures eventflow's own reaction (watchdog delivery, the cycle, the
   log appends, writing B's job folder), without sbatch's own time in it; A's jobs never run
   and the benchmark writes their records itself.
-* ``--slurm``: also the real thing on a running SLURM: A's jobs are real jobs waiting for a
-  ``go`` file; the benchmark creates it, the job script writes its record, and the daemon
-  calls the real ``sbatch`` for B (noted just before sbatch runs). Latency is measured from
-  the record's mtime (the file system's clock, a few ms coarse).
+* ``--slurm``: also the real thing on a running SLURM: one material at a time is registered
+  while the daemon runs; its A is a real job (``true``) whose script writes the record, and
+  the daemon calls the real ``sbatch`` for B (noted just before sbatch runs). Latency is
+  measured from the record's mtime (the file system's clock, a few ms coarse).
 
 Baseline: watchdog alone (the same observer, inotify or polling at 1 s) noting when the same
 kind of rename becomes visible to a handler: the floor any watchdog-based reaction has.
@@ -58,9 +58,6 @@ from eventflow.shell.store import EventStore, NewEvent
 
 RECORD = "eventflow-done.json"
 SI = Path(__file__).resolve().parents[1] / "tests" / "data" / "structures" / "Si.cif"
-# Step A waits for a `go` file in its job folder (only used with --slurm); B just ends.
-WAIT_IN_A = ["bash", "-c", 'case "$PWD" in */A/*) while [ ! -e go ]; do sleep 0.02; done;; '
-             "esac"]
 
 
 # --- the daemon side (python bench_latency.py --serve ...) ---------------------------------------
@@ -68,7 +65,7 @@ WAIT_IN_A = ["bash", "-c", 'case "$PWD" in */A/*) while [ ! -e go ]; do sleep 0.
 
 class StampingScheduler:
     """Stand-in scheduler: ``submit`` notes (job name, time) and returns a fresh id; every job
-    it gave out is RUNNING until its completion record says otherwise."""
+    it gave out stays PENDING (it never runs: the benchmark writes its record itself)."""
 
     name = "bench"
 
@@ -85,7 +82,7 @@ class StampingScheduler:
         return f"bench-{os.getpid()}-{self.n}"
 
     def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
-        return {j: JobInfo(job_id=j, state="RUNNING") for j in job_ids}
+        return {j: JobInfo(job_id=j, state="PENDING") for j in job_ids}
 
     def find(self, job_name: str) -> list[JobInfo]:
         return []
@@ -123,15 +120,16 @@ class Daemon:
             args += ["--poll", str(poll)]
         if slurm:
             args.append("--slurm")
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        self.errors = project.parent / "daemon.err"
+        with self.errors.open("w") as errors:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errors)
 
     def wait_watching(self, timeout: float = 600) -> None:
         log = Project.at(self.project).state_dir / "watcher.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"the daemon exited: {self.proc.stderr.read()}")
+                raise SystemExit(f"the daemon exited: {self.errors.read_text()[-2000:]}")
             if log.exists() and "watching" in log.read_text():
                 return
             time.sleep(0.05)
@@ -140,7 +138,7 @@ class Daemon:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         if self.proc.wait(timeout=600) != 0:
-            raise SystemExit(f"the daemon failed: {self.proc.stderr.read()}")
+            raise SystemExit(f"the daemon failed: {self.errors.read_text()[-2000:]}")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -213,34 +211,47 @@ def latency(root: Path, samples: int, poll: float | None, slurm: bool) -> list[f
     """``samples`` latencies (seconds), each record written after the previous reaction."""
     project = new_project(root, "slurm" if slurm else "local")
     mids = [f"lat{i:04d}" for i in range(samples)]
+    stamps_path = root / "stamps.txt"
+    stamps = Stamps(stamps_path)
+    rng = random.Random(7)
+    pause = 1.0 if poll else 0.25
+    out = []
+    if slurm:
+        # One material at a time, registered while the daemon runs (it watches the log): A
+        # runs `true` at once and writes its record; B's sbatch is the reaction. Waiting jobs
+        # would hold the node's CPUs, so none is kept waiting.
+        daemon = Daemon(project, stamps_path, poll, slurm)
+        try:
+            daemon.wait_watching()
+            with Tracker.open(project) as t:
+                project_id = t.project.project_id
+                for mid in mids:
+                    time.sleep(rng.uniform(0, pause))
+                    t.create_material(SI, material_id=mid, workflow="test", code="noop",
+                                      params={"command": ["true"]})
+                    submitted = stamps.wait(job_name(project_id, f"{mid}/B/1"), timeout=300)
+                    record = project / "calcs" / mid / "A" / "1" / RECORD
+                    out.append(submitted - record.stat().st_mtime_ns / 1e9)
+        finally:
+            daemon.stop()
+        return out
     with Tracker.open(project) as t:
         for mid in mids:
             t.create_material(SI, material_id=mid, workflow="test", code="noop",
-                              params={"command": WAIT_IN_A if slurm else ["true"]})
+                              params={"command": ["true"]})
         project_id = t.project.project_id
-    stamps_path = root / "stamps.txt"
-    stamps = Stamps(stamps_path)
     daemon = Daemon(project, stamps_path, poll, slurm)
     try:
         daemon.wait_watching()
         stamps.wait_count(samples, timeout=600)  # every A submitted
         with Tracker.open(project) as t:
             job_ids = {m: t.state(m).calcs[f"{m}/A/1"].job_id for m in mids}
-        rng = random.Random(7)
         order = mids[:]
         rng.shuffle(order)
-        out = []
-        pause = 1.0 if poll else 0.25
         for mid in order:
             time.sleep(rng.uniform(0, pause))
-            folder = project / "calcs" / mid / "A" / "1"
-            if slurm:
-                (folder / "go").touch()
-            else:
-                written = write_record(folder, str(job_ids[mid]))
+            written = write_record(project / "calcs" / mid / "A" / "1", str(job_ids[mid]))
             submitted = stamps.wait(job_name(project_id, f"{mid}/B/1"), timeout=300)
-            if slurm:
-                written = (folder / RECORD).stat().st_mtime_ns / 1e9
             out.append(submitted - written)
     finally:
         daemon.stop()
@@ -390,7 +401,7 @@ def main() -> int:
         modes: list[tuple[str, float | None, bool, int]] = [
             ("inotify", None, False, samples), ("polling 1 s", 1.0, False, poll_samples)]
         if args.slurm:
-            modes.append(("inotify, real sbatch", None, True, max(10, samples // 5)))
+            modes.append(("inotify, real sbatch", None, True, max(10, samples // 4)))
         for label, poll, slurm, n in modes:
             work = root / label.replace(" ", "_").replace(",", "")
             work.mkdir()

@@ -167,7 +167,7 @@ def test_watch_once_beside_a_daemon_leaves_the_work_to_it(tmp_path: Path,
     """A cron job or a callback running `watch --once` while a daemon holds the lock must not
     wait for it (the daemon never lets go): it says so and exits 0, and the daemon does it."""
     project = make_project(tmp_path, "local")
-    daemon = Daemon(project, "--quiet", "--reconcile", "1")
+    daemon = Daemon(project, "--quiet", "--reconcile", "3600")
     daemons.append(daemon)
     daemon.wait_ready()
     add(project, "m1", ["true"])
@@ -272,6 +272,47 @@ def test_a_chain_of_steps_runs_through_without_polling_the_scheduler(
     assert daemon.stop() == 0
     assert count(project, "JobSubmitted") == 6
     assert count(project, "JobSubmitted", '%/B/1"%') == 3
+
+
+def test_work_added_while_the_daemon_runs_is_taken_up_without_waiting_to_reconcile(
+    tmp_path: Path, daemons: list[Daemon], executor: str
+) -> None:
+    """`eventflow add` (another process) appends to the log; the daemon watches the log too,
+    so with --reconcile 3600 the new material still runs now, not in an hour."""
+    project = make_project(tmp_path, executor)
+    daemon = Daemon(project, "--quiet", "--reconcile", "3600")
+    daemons.append(daemon)
+    daemon.wait_ready()
+    mid = unique("added")
+    proc = eventflow(project, "add", str(SI), "--code", "noop", "--workflow", "single",
+                     f"--id={mid}", "--set", 'command=["true"]')
+    assert "registered" in proc.stdout
+    wait_for(lambda: count(project, "CalculationSucceeded") == 1, "the new material to run")
+    assert daemon.stop() == 0
+    assert count(project, "JobSubmitted") == 1
+
+
+def test_a_daemon_whose_stderr_nobody_reads_does_not_go_deaf(tmp_path: Path) -> None:
+    """A cycle that writes many job folders at once made watchdog's inotify observer print
+    huge warnings on stderr; with stderr a pipe nobody reads (nohup, a service), the observer
+    thread blocked and the daemon heard no more records (seen with 200 materials)."""
+    project = make_project(tmp_path, "local")
+    with Tracker.open(project) as t:
+        for i in range(150):
+            t.create_material(SI, material_id=f"m{i:03d}", workflow="single", code="noop",
+                              params={"command": ["true"]})
+    daemon = subprocess.Popen([*CLI, "--project", str(project), "watch", "--quiet",
+                               "--reconcile", "3600"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: count(project, "CalculationSucceeded") == 150, "150 verdicts",
+                 timeout=600)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=WAIT)
+    assert daemon.returncode == 0
+    assert b"Callback with id" not in err
+    assert len(out) + len(err) < 10_000
 
 
 # --- the operational log ----------------------------------------------------------------------

@@ -327,7 +327,11 @@ class Runner:
             return None
         from eventflow.core.recovery import recovery_slots
 
-        return recovery_slots(self._materials_with_work(), limit)
+        # Only a second or later attempt can be a recovery: fold just those materials.
+        retried = [row[0] for row in self.tracker.projections.db.execute(
+            "SELECT DISTINCT material_id FROM calculations "
+            "WHERE state IN ('submitted', 'running') AND attempt > 1")]
+        return recovery_slots((self.tracker.state(mid) for mid in retried), limit)
 
     def _may_be_in_scheduler(self, calc: CalcState) -> bool:
         """Whether an earlier run may have called sbatch for ``calc``: it records the job's

@@ -15,6 +15,7 @@ import logging.handlers
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ LOG_BACKUPS = 5  # ... keeping this many old files (watcher.log.1 ... .5)
 HEARTBEAT_S = 20.0  # the daemon touches its lock this often (others call it stale after 120 s)
 RECHECK_S = 1.0  # a failed job waiting for the scheduler's verdict is looked at again this soon
 RETRY_AFTER_ERROR_S = 5.0  # a cycle that raised is tried again this soon
+LOG_FILES = ("events.db", "events.db-wal")  # their changes: another process appended
 
 
 class JsonFormatter(logging.Formatter):
@@ -116,7 +118,8 @@ class Watcher:
         self.poll = poll
         self.reconcile = reconcile
         self.scheduler = scheduler
-        self.wake = threading.Event()
+        self.wake = threading.Event()  # something changed: look (set by any watched change)
+        self.record_seen = threading.Event()  # ... and it was a completion record
         self.stopping = threading.Event()
 
     def stop(self, *_: Any) -> None:
@@ -126,6 +129,13 @@ class Watcher:
     def _observer(self) -> Any:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+        # watchdog's inotify observer warns on stderr, with a dump of every watch (tens of KB
+        # each), whenever folders appear in quick succession (a cycle writing many job
+        # folders). On a daemon whose stderr is a pipe nobody reads, that blocks its thread
+        # and the daemon goes deaf (seen with 200 materials); the warning is harmless.
+        warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
+                                module=r"watchdog\.")
+
         if self.poll is not None:
             from watchdog.observers.polling import PollingObserver
 
@@ -134,17 +144,27 @@ class Watcher:
             from watchdog.observers import Observer
 
             observer = Observer()
-        wake = self.wake
+        wake, record_seen = self.wake, self.record_seen
 
         class OnRecord(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 path = str(getattr(event, "dest_path", "") or event.src_path)
                 if path.endswith(RECORD):
+                    record_seen.set()
+                    wake.set()
+
+        class OnLog(FileSystemEventHandler):
+            """Another process appended (`eventflow add`, `retry`, `release`): react now,
+            not at the next reconcile."""
+
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if Path(str(event.src_path)).name in LOG_FILES:
                     wake.set()
 
         calcs = self.tracker.project.calcs
         calcs.mkdir(exist_ok=True)
         observer.schedule(OnRecord(), str(calcs), recursive=True)
+        observer.schedule(OnLog(), str(self.tracker.project.state_dir), recursive=False)
         return observer
 
     def run(self) -> int:
@@ -178,11 +198,23 @@ class Watcher:
         the lock's heartbeat going in between, until stopped."""
         next_reconcile = 0.0  # the first cycle reconciles at once
         next_retry: float | None = None
+        seen_seq = -1  # the log's last seq when the last cycle began
+        store = self.tracker.store
         while not self.stopping.is_set():
             now = time.monotonic()
             due = now >= next_reconcile
-            if self.wake.is_set() or due or (next_retry is not None and now >= next_retry):
+            retry = next_retry is not None and now >= next_retry
+            if self.wake.is_set() or due or retry:
                 self.wake.clear()
+                by_record = self.record_seen.is_set()
+                self.record_seen.clear()
+                seq = store.last_seq()
+                # A wake by the log alone: only if it grew since the last cycle began (so our
+                # own appends cost one quiet cycle, and the log's checkpoints none).
+                if not (due or retry or by_record or seq != seen_seq):
+                    lock.heartbeat()
+                    continue
+                seen_seq = seq
                 report = self._cycle(runner, reconcile=due)
                 if due:
                     next_reconcile = time.monotonic() + self.reconcile
