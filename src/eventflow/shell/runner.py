@@ -109,18 +109,6 @@ class Runner:
         return [(mid, cid) for mid, cid, _, _, directory in self._followed()
                 if directory and os.path.lexists(root / directory / RECORD)]
 
-    def _materials_with_work(self) -> list[MaterialState]:
-        projections = self.tracker.projections
-        projections.catch_up(self.tracker.store)
-        ids = {
-            row[0]
-            for row in projections.db.execute(
-                "SELECT DISTINCT material_id FROM calculations "
-                "WHERE state IN ('requested', 'submitted', 'running')"
-            )
-        }
-        return [self.tracker.state(mid) for mid in sorted(ids)]
-
     def _append(self, mid: str, events: list[ev.Event], key: str, actor: str = "watcher") -> bool:
         try:
             self.tracker.append(mid, events, key=key, meta={"actor": actor})
