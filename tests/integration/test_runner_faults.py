@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from eventflow.shell.jobs import job_name, read_completion
 from eventflow.shell.project import Project
 from eventflow.shell.scheduler import JobInfo, LocalExecutor, SlurmScheduler, parse_scontrol_jobs
 from eventflow.shell.watcher import run_once
+from tests.integration.helpers import unique, wait_for
 
 TESTS = Path(__file__).resolve().parents[1]
 SI = TESTS / "data" / "structures" / "Si.cif"
@@ -86,20 +87,6 @@ def n_events(project: Path) -> int:
 def calc(project: Path, mid: str, cid: str):  # noqa: ANN201 - a CalcState
     with Tracker.open(project) as t:
         return t.state(mid).calcs[cid]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def unique(name: str) -> str:
-    """SLURM remembers finished jobs for minutes: ids must differ between runs."""
-    return f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
 
 
 def waiting_command() -> list[str]:

@@ -26,9 +26,16 @@ import pytest
 from eventflow.shell.api import Tracker
 from eventflow.shell.project import Project
 from eventflow.shell.watcher import LOG_BACKUPS, LOG_MAX_BYTES, setup_logging
+from tests.integration import helpers
 
 SI = Path(__file__).resolve().parents[1] / "data" / "structures" / "Si.cif"
 WAIT = 120.0  # upper bound on any wait; never a timing assertion
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    helpers.wait_for(predicate, what, timeout)
+
+
 CLI = [sys.executable, "-m", "eventflow.shell.cli"]
 
 
@@ -64,15 +71,6 @@ def count(project: Path, type_: str, like: str = "%") -> int:
         return t.store.db.execute(
             "SELECT count(*) FROM events WHERE type = ? AND data LIKE ?", (type_, like)
         ).fetchone()[0]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def operational_log(project: Path) -> Path:
