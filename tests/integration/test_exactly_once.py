@@ -147,14 +147,17 @@ def test_scancel_and_a_failing_script_are_recorded_with_their_reasons(
     cancelme, fails = unique("cancelme"), unique("fails")
     with Tracker.open(project) as t:
         t.create_material(SI, material_id=cancelme, workflow="single", code="noop",
-                          params={"command": ["sleep", "300"]})
+                          params={"command": ["bash", "-c", "touch started; sleep 300"]})
         t.create_material(SI, material_id=fails, workflow="single", code="noop",
                           params={"command": ["bash", "-c", "exit 3"], "fail_kind": "input_error"})
     eventflow(project, "watch", "--once", "--quiet")
     slurm = SlurmScheduler()
     name = job_name(pid(project), f"{cancelme}/SP/1")
     wait_for(lambda: [j.state for j in slurm.find(name)] == ["RUNNING"], 60, "the job to run")
-    job = slurm.find(job_name(pid(project), f"{cancelme}/SP/1"))[0].job_id
+    # RUNNING comes before the job script has set its traps; the command's mark comes after.
+    wait_for(lambda: (project / "calcs" / cancelme / "SP" / "1" / "started").exists(), 60,
+             "the command to start")
+    job = slurm.find(name)[0].job_id
     subprocess.run(["scancel", job], check=True)
     wait_for(lambda: (project / "calcs" / cancelme / "SP" / "1" / "eventflow-done.json")
              .exists() and (project / "calcs" / fails / "SP" / "1" / "eventflow-done.json")
