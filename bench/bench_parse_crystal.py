@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from common import best_of
 
 from eventflow.codes.crystal.parse import parse_output
 
@@ -38,15 +38,6 @@ def crystal_outputs() -> list[Path]:
                 if row["code"] == "crystal" and path.is_file():
                     found.setdefault(row["file"], path)
     return sorted(found.values())
-
-
-def best_of(function: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ Usage: ``python bench/bench_parse_qe.py [--size-mb 1.0] [--rounds 7]``.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
+
+from common import best_of
 
 from eventflow.codes.qe.parse import parse
 
@@ -47,15 +48,6 @@ def build_text(size_bytes: int) -> tuple[str, int]:
         body.append(block)
         size += len(block)
     return header + "".join(body) + tail, len(body)
-
-
-def best_of(function, rounds: int) -> float:  # noqa: ANN001 - any zero-argument callable
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

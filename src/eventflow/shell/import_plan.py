@@ -89,22 +89,22 @@ def _chunks(values: list[str], size: int = 500) -> Iterable[list[str]]:
         yield values[i : i + size]
 
 
-def existing_streams(store: EventStore, ids: Iterable[str]) -> set[str]:
+def _stored(store: EventStore, column: str, values: Iterable[str]) -> set[str]:
+    """Which of ``values`` the log holds in ``column`` (a fixed column name, never user text)."""
     found: set[str] = set()
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in _chunks(sorted(set(values))):
         marks = ",".join("?" * len(chunk))
         found.update(r[0] for r in store.db.execute(
-            f"SELECT DISTINCT stream FROM events WHERE stream IN ({marks})", chunk))
+            f"SELECT DISTINCT {column} FROM events WHERE {column} IN ({marks})", chunk))
     return found
+
+
+def existing_streams(store: EventStore, ids: Iterable[str]) -> set[str]:
+    return _stored(store, "stream", ids)
 
 
 def stored_keys(store: EventStore, keys: Iterable[str]) -> set[str]:
-    found: set[str] = set()
-    for chunk in _chunks(sorted(set(keys))):
-        marks = ",".join("?" * len(chunk))
-        found.update(r[0] for r in store.db.execute(
-            f"SELECT idempotency_key FROM events WHERE idempotency_key IN ({marks})", chunk))
-    return found
+    return _stored(store, "idempotency_key", keys)
 
 
 def may_be_running(p: Parsed) -> bool:
