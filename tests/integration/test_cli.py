@@ -120,6 +120,22 @@ def test_verify_names_a_stale_projection(project: Path) -> None:
     assert run("verify", cwd=project).returncode == 0
 
 
+def test_an_event_from_a_newer_eventflow_gives_one_line_and_exit_1(project: Path) -> None:
+    from eventflow.shell.store import EventStore
+    from tests.integration.helpers import append_unknown_event
+
+    _populate(project)
+    run("replay", "--workers", "2", cwd=project)
+    with EventStore(project / ".eventflow" / "events.db") as store:
+        seq = append_unknown_event(store, "Si1")
+    for command in (["status"], ["replay"], ["replay", "--workers", "2"]):
+        proc = run(*command, cwd=project, check=False)
+        assert proc.returncode == 1, command
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert f"seq {seq} (FutureThing of Si1)" in proc.stderr and "upgrade" in proc.stderr
+    assert run("replay", "--workers", "0", cwd=project, check=False).returncode == 2
+
+
 def test_deleted_projections_say_what_to_do(project: Path) -> None:
     _populate(project)
     (project / ".eventflow" / "projections.db").unlink()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import attrs
+import msgspec
 
 SYSTEM_STREAM = "_system"
 
@@ -325,6 +326,37 @@ def decode(type_name: str, schema_version: int, data: dict[str, Any]) -> Event:
         return cls(**data)
     except TypeError as exc:
         raise UnknownEventError(f"event {type_name} v{schema_version} has bad data: {exc}") from exc
+
+
+_TYPED_DECODERS: dict[str, Callable[[str | bytes], Event]] = {}
+
+
+def decode_json(type_name: str, schema_version: int, raw: str | bytes) -> Event:
+    """``decode`` of a stored row's JSON text: the replay hot path.
+
+    An event stored in its current version is decoded by msgspec straight into its attrs
+    class, checked against the field types, at C speed (a third of ``json.loads`` plus
+    ``cls(**data)``). Anything else (an older version to upcast, or data the typed decoder
+    refuses) takes the general path, so what decodes is the same either way.
+    """
+    typed = _TYPED_DECODERS.get(type_name)
+    if typed is None:
+        cls = EVENT_TYPES.get(type_name)
+        if cls is None:
+            return decode(type_name, schema_version, {})  # raises UnknownEventError
+        typed = _TYPED_DECODERS[type_name] = msgspec.json.Decoder(cls).decode
+    if schema_version == EVENT_TYPES[type_name].VERSION:
+        try:
+            return typed(raw)
+        except msgspec.DecodeError:
+            pass  # e.g. an int where a str is declared: the general path accepts what it did
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise UnknownEventError(f"event {type_name} v{schema_version}: data is not JSON") from exc
+    if not isinstance(data, dict):
+        raise UnknownEventError(f"event {type_name} v{schema_version}: data is not an object")
+    return decode(type_name, schema_version, data)
 
 
 @attrs.frozen

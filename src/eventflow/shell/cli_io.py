@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eventflow.shell.cli import _console, _print_json, _tracker, command
+from eventflow.shell.cli import _console, _print_json, _tracker, command, positive_int
 
 
 def register(sub: Any) -> None:
@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
     p.add_argument("--workflow", metavar="NAME",
                    help="register new materials with this workflow and request what it runs "
                         "next (default: workflow 'imported', history only, held)")
-    p.add_argument("--workers", type=int, metavar="N", default=None,
+    p.add_argument("--workers", type=positive_int, metavar="N", default=None,
                    help="parser processes (default: one per core)")
     p.add_argument("--follow-links", action="store_true",
                    help="enter symbolic links to folders (loops are detected and skipped)")

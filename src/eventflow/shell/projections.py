@@ -1,9 +1,9 @@
 """Projections: the read models folded from the log into ``projections.db``.
 
-A full rebuild folds every event in memory and writes all rows in one
-transaction; catching up re-folds only the streams that changed since the
-stored ``last_seq``, and writes their rows and the new ``last_seq`` in the same
-transaction, so a crash leaves either the old or the new view, never a mix.
+A full rebuild is ``shell.replay``; catching up re-folds only the streams that
+changed since the stored ``last_seq``, and writes their rows and the new
+``last_seq`` in the same transaction, so a crash leaves either the old or the
+new view, never a mix.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from eventflow.core import events as ev
 from eventflow.core.state import MaterialState, apply_event
-from eventflow.errors import EventflowError, ProjectionStale
+from eventflow.errors import EventflowError, IllegalTransition, ProjectionStale
 from eventflow.resources import data_text
 from eventflow.shell.store import FOLD_COLUMNS, EventStore
 
@@ -27,7 +25,7 @@ TABLES = ("materials", "calculations", "properties", "errors")
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a fold builds its (acyclic) object graph.
 
     A replay allocates millions of objects that all stay alive; the collector would walk
@@ -54,9 +52,9 @@ def fold_log(
 
     This is the replay hot path (a million events should take seconds): it reads only the
     columns the fold needs (not ``meta``, which the fold never looks at) and runs with the
-    cyclic garbage collector paused. Events are decoded (and upcast) by ``ev.decode``.
+    cyclic garbage collector paused. Events are decoded (and upcast) by ``ev.decode_json``.
     """
-    with _gc_paused():
+    with gc_paused():
         return _fold(store, streams, until_seq, until_time)
 
 
@@ -68,8 +66,7 @@ def _fold(
 ) -> tuple[dict[str, MaterialState], int]:
     states: dict[str, MaterialState] = {}
     last = 0
-    decode = ev.decode
-    loads = orjson.loads
+    decode = ev.decode_json
     system = ev.SYSTEM_STREAM
     if streams is None:
         sources: Iterable[Iterable[tuple[Any, ...]]] = [
@@ -79,17 +76,26 @@ def _fold(
         sources = [
             store.read_raw(stream=s, until_seq=until_seq, columns=FOLD_COLUMNS) for s in streams
         ]
-    for rows in sources:
-        for seq, stream, version, type_, sv, data, at in rows:
-            if seq > last:
-                last = seq
-            if stream == system:
-                continue
-            state = states.get(stream)
-            if state is None:
-                state = states[stream] = MaterialState(stream)
-            apply_event(state, decode(type_, sv, loads(data)), seq, version, at)
+    seq, stream, type_ = 0, "", ""
+    try:
+        for rows in sources:
+            for seq, stream, version, type_, sv, data, at in rows:
+                if seq > last:
+                    last = seq
+                if stream == system:
+                    continue
+                state = states.get(stream)
+                if state is None:
+                    state = states[stream] = MaterialState(stream)
+                apply_event(state, decode(type_, sv, data), seq, version, at)
+    except (ev.UnknownEventError, IllegalTransition) as exc:
+        raise unreplayable(store.path, seq, type_, stream, exc) from None
     return states, last
+
+
+def unreplayable(log: Path, seq: int, type_: str, stream: str, exc: Exception) -> EventflowError:
+    """The one-line error for an event the fold cannot take (unknown, or illegal)."""
+    return EventflowError(f"{log}: seq {seq} ({type_} of {stream}) cannot be replayed: {exc}")
 
 
 def _material_rows(states: Iterable[MaterialState]) -> Iterator[tuple[Any, ...]]:
@@ -124,7 +130,7 @@ def _error_rows(states: Iterable[MaterialState]) -> Iterator[tuple[Any, ...]]:
                 yield (sid, cid, kind, text)
 
 
-_ROWS = {
+ROW_MAKERS = {
     "materials": _material_rows,
     "calculations": _calculation_rows,
     "properties": _property_rows,
@@ -135,11 +141,11 @@ _ROWS = {
 def rows_of(states: Iterable[MaterialState]) -> dict[str, list[tuple[Any, ...]]]:
     """The projection rows of ``states``, table by table."""
     states = list(states)
-    with _gc_paused():
-        return {table: list(_ROWS[table](states)) for table in TABLES}
+    with gc_paused():
+        return {table: list(ROW_MAKERS[table](states)) for table in TABLES}
 
 
-_INSERT = {
+INSERT_SQL = {
     "materials": "INSERT OR REPLACE INTO materials VALUES (?,?,?,?,?,?,?,?,?,?)",
     "calculations": "INSERT OR REPLACE INTO calculations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     "properties": "INSERT OR REPLACE INTO properties VALUES (?,?,?,?,?,?)",
@@ -175,23 +181,19 @@ class Projections:
         ).fetchone()
         return row[0] if row else 0
 
-    def write(self, states: Iterable[MaterialState], last_seq: int, *, full: bool) -> None:
-        """Write rows of ``states`` and ``last_seq`` atomically (``full``: replace everything)."""
+    def write(self, states: Iterable[MaterialState], last_seq: int) -> None:
+        """Replace the rows of ``states``' materials, and set ``last_seq``, atomically."""
         states = list(states)
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if full:
+            ids = [(s.id,) for s in states]
+            db.executemany("DELETE FROM materials WHERE id = ?", ids)
+            for table in ("calculations", "properties", "errors"):
+                db.executemany(f"DELETE FROM {table} WHERE material_id = ?", ids)  # noqa: S608
+            with gc_paused():  # rows are made as SQLite takes them: never all in memory
                 for table in TABLES:
-                    db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
-            else:
-                ids = [(s.id,) for s in states]
-                db.executemany("DELETE FROM materials WHERE id = ?", ids)
-                for table in ("calculations", "properties", "errors"):
-                    db.executemany(f"DELETE FROM {table} WHERE material_id = ?", ids)
-            with _gc_paused():  # rows are made as SQLite takes them: never all in memory
-                for table in TABLES:
-                    db.executemany(_INSERT[table], _ROWS[table](states))
+                    db.executemany(INSERT_SQL[table], ROW_MAKERS[table](states))
             db.execute(
                 "INSERT OR REPLACE INTO projection_state (name, last_seq) VALUES ('all', ?)",
                 (last_seq,),
@@ -201,11 +203,12 @@ class Projections:
             db.execute("ROLLBACK")
             raise
 
-    def rebuild(self, store: EventStore, **until: Any) -> int:
-        """Replace every row by a fresh fold of the log (optionally only up to ``until``)."""
-        states, last = fold_log(store, **until)
-        self.write(states.values(), last, full=True)
-        return last
+    def rebuild(self, store: EventStore, *, jobs: int | None = None, **until: Any) -> int:
+        """Replace every row by a fresh fold of the log (optionally only up to ``until``),
+        in ``jobs`` processes (default: one per core for a big log); see ``shell.replay``."""
+        from eventflow.shell.replay import rebuild
+
+        return rebuild(store, self, jobs=jobs, **until)
 
     def catch_up(self, store: EventStore) -> int:
         """Apply what the log has beyond our ``last_seq``; return the number of new events."""
@@ -227,7 +230,7 @@ class Projections:
             self.rebuild(store)
         else:
             states, _ = fold_log(store, streams=sorted(changed))
-            self.write(states.values(), theirs, full=False)
+            self.write(states.values(), theirs)
         return theirs - mine
 
     # -- queries -------------------------------------------------------------------------

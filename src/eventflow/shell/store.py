@@ -370,7 +370,7 @@ class EventStore:
             sql += " LIMIT ?"
             args.append(limit)
         # Straight from the cursor: re-yielding fetchmany() batches row by row cost more.
-        yield from self.db.execute(sql, args)
+        return self.db.execute(sql, args)
 
     def tail(self, n: int) -> list[ev.Recorded]:
         rows = self.db.execute(
@@ -379,7 +379,42 @@ class EventStore:
         return [_decode_row(r) for r in reversed(rows)]
 
     def streams(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT DISTINCT stream FROM events")]
+        """Every stream id, sorted."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT stream FROM events ORDER BY stream")]
+
+    def last_seq_until(self, *, until_seq: int | None = None, until_time: str | None = None
+                       ) -> int:
+        """The last seq a replay up to ``until_seq`` / ``until_time`` includes."""
+        where, args = ["1"], []
+        if until_seq is not None:
+            where.append("seq <= ?")
+            args.append(until_seq)
+        if until_time is not None:
+            where.append("recorded_at <= ?")
+            args.append(until_time)
+        return self.db.execute(
+            f"SELECT coalesce(max(seq), 0) FROM events WHERE {' AND '.join(where)}", args
+        ).fetchone()[0]
+
+    def read_streams(self, *, lo: str | None = None, hi: str | None = None,
+                     until_seq: int, until_time: str | None = None
+                     ) -> Iterator[tuple[Any, ...]]:
+        """``FOLD_COLUMNS`` rows of the material streams ``lo <= stream < hi``, stream by
+        stream, each in version order (through the ``(stream, version)`` index)."""
+        where = ["stream != ?", "seq <= ?"]
+        args: list[Any] = [ev.SYSTEM_STREAM, until_seq]
+        if lo is not None:
+            where.append("stream >= ?")
+            args.append(lo)
+        if hi is not None:
+            where.append("stream < ?")
+            args.append(hi)
+        if until_time is not None:
+            where.append("recorded_at <= ?")
+            args.append(until_time)
+        sql = (f"SELECT {FOLD_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+               " ORDER BY stream, version")
+        return self.db.execute(sql, args)
 
     # -- integrity --------------------------------------------------------------------------
     def verify_chain(self) -> tuple[int, list[str]]:
