@@ -1,10 +1,13 @@
 """Replay: rebuilding every projection from the log, against raw sqlite3 reading the same rows.
 
-eventflow: ``Projections.rebuild`` on a fresh projections.db — read the log, decode every
-event into its class, fold it into the material's state (checked against both
-lifecycles), and write the materials, calculations, properties and errors tables in one
-transaction. Baseline: raw sqlite3 ``SELECT`` of the same columns of the same rows, in
-log order, and ``json.loads`` of each event's data (nothing else).
+eventflow: ``Projections.rebuild`` on a fresh projections.db, as ``eventflow replay`` runs
+it (shell/replay.py): read each material's stream, decode every event into its class, fold
+it into the material's state (checked against both lifecycles), write the materials,
+calculations, properties and errors rows into a scratch database, build the indexes, and
+copy it into projections.db; for a big log, in one process per core (up to 4). Also timed
+alone: the same in one process, and the in-memory fold (``fold_log``). Baseline: raw
+sqlite3 ``SELECT`` of the same columns of the same rows, in log order, and ``json.loads``
+of each event's data (nothing else).
 
 The log (default 1,000,000 events of 100,000 materials, the realistic mix of
 bench/make_project.py) is generated once and cached under the temp folder. Each
@@ -27,24 +30,40 @@ from common import Result, median, parse_args, peak_rss_mb, print_table
 from make_project import cached_log
 
 
-def child_eventflow(log: Path) -> dict[str, float]:
-    from eventflow.shell.projections import Projections, fold_log
+def child_eventflow(log: Path, jobs: int | None) -> dict[str, float]:
+    """``Projections.rebuild``, as ``eventflow replay`` runs it (``jobs=None``: its default)."""
+    import resource
+
+    from eventflow.shell.projections import Projections
+    from eventflow.shell.replay import default_jobs
     from eventflow.shell.store import EventStore
 
     with tempfile.TemporaryDirectory(prefix="eventflow-bench-replay-") as tmp:
         store = EventStore(log)
         views = Projections(Path(tmp) / "projections.db", create=True)
         t0 = time.perf_counter()
-        # exactly Projections.rebuild(), with the two phases timed apart
-        states, last = fold_log(store)
-        t1 = time.perf_counter()
-        views.write(states.values(), last, full=True)
-        t2 = time.perf_counter()
+        last = views.rebuild(store, jobs=jobs)
+        seconds = time.perf_counter() - t0
         materials = views.db.execute("SELECT count(*) FROM materials").fetchone()[0]
         views.close()
         store.close()
-    return {"events": last, "seconds": t2 - t0, "fold_s": t1 - t0, "write_s": t2 - t1,
-            "materials": materials, "peak_rss_mb": peak_rss_mb()}
+    return {"events": last, "seconds": seconds, "materials": materials,
+            "jobs": jobs or default_jobs(last), "peak_rss_mb": peak_rss_mb(),
+            "workers_peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}
+
+
+def child_fold(log: Path) -> dict[str, float]:
+    """``fold_log``: decode and checked fold of the whole log in log order, in memory."""
+    from eventflow.shell.projections import fold_log
+    from eventflow.shell.store import EventStore
+
+    store = EventStore(log)
+    t0 = time.perf_counter()
+    states, last = fold_log(store)
+    seconds = time.perf_counter() - t0
+    store.close()
+    return {"events": last, "seconds": seconds, "materials": len(states),
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def child_raw(log: Path, loads_name: str) -> dict[str, float]:
@@ -77,11 +96,14 @@ def run_child(kind: str, log: Path) -> dict[str, float]:
     return json.loads(out.stdout)
 
 
+KINDS = ("eventflow", "eventflow-1", "fold", "raw-json", "raw-orjson")
+
+
 def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int)
     parser.add_argument("--materials", type=int)
     parser.add_argument("--rounds", type=int)
-    parser.add_argument("--child", choices=["eventflow", "raw-json", "raw-orjson"],
+    parser.add_argument("--child", choices=list(KINDS),
                         help=argparse.SUPPRESS)
     parser.add_argument("--log", type=Path, help=argparse.SUPPRESS)
 
@@ -90,7 +112,11 @@ def main() -> int:
     args = parse_args(__doc__.split("\n\n")[0], extra_args)
     if args.child:
         if args.child == "eventflow":
-            result = child_eventflow(args.log)
+            result = child_eventflow(args.log, None)
+        elif args.child == "eventflow-1":
+            result = child_eventflow(args.log, 1)
+        elif args.child == "fold":
+            result = child_fold(args.log)
         else:
             result = child_raw(args.log, args.child.removeprefix("raw-"))
         print(json.dumps(result))
@@ -102,7 +128,7 @@ def main() -> int:
     with log.open("rb") as handle:  # warm the page cache: every contestant reads from memory
         while handle.read(1 << 24):
             pass
-    runs: dict[str, list[dict[str, float]]] = {"eventflow": [], "raw-json": [], "raw-orjson": []}
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     for r in range(rounds):
         kinds = list(runs) if r % 2 == 0 else list(reversed(runs))
         for kind in kinds:
@@ -112,20 +138,31 @@ def main() -> int:
     def rate(kind: str) -> float:
         return n_events / median([x["seconds"] for x in runs[kind]])
 
-    ef, raw, raw_orjson = rate("eventflow"), rate("raw-json"), rate("raw-orjson")
-    fold = n_events / median([x["fold_s"] for x in runs["eventflow"]])
-    write_s = median([x["write_s"] for x in runs["eventflow"]])
+    ef, serial, fold = rate("eventflow"), rate("eventflow-1"), rate("fold")
+    raw, raw_orjson = rate("raw-json"), rate("raw-orjson")
+    jobs = runs["eventflow"][0]["jobs"]
     rss = max(x["peak_rss_mb"] for x in runs["eventflow"])
+    workers_rss = max(x["workers_peak_rss_mb"] for x in runs["eventflow"])
+    serial_rss = max(x["peak_rss_mb"] for x in runs["eventflow-1"])
+    fold_rss = max(x["peak_rss_mb"] for x in runs["fold"])
     raw_rss = max(x["peak_rss_mb"] for x in runs["raw-json"])
     assert all(x["events"] == n_events for xs in runs.values() for x in xs)
-    assert all(x["materials"] == n_materials for x in runs["eventflow"])
+    assert all(x["materials"] == n_materials for k in ("eventflow", "eventflow-1", "fold")
+               for x in runs[k])
     results = [
-        Result(f"replay {n_events:,} events of {n_materials:,} materials into all projections",
+        Result(f"replay {n_events:,} events of {n_materials:,} materials into all projections "
+               f"(`eventflow replay`: {jobs} process{'es' if jobs > 1 else ''})",
                ef, raw, "raw SELECT + json.loads", ">= 100,000/s and >= 0.7x raw",
                ef >= 100_000 and ef / raw >= 0.7,
-               note=f"peak RSS {rss:,.0f} MB (raw: {raw_rss:,.0f} MB)"),
-        Result("  of which: decode + fold (no writes)", fold, raw, "raw SELECT + json.loads",
-               "(information)", None, note=f"writing the tables: {write_s:.2f} s"),
+               note=f"peak RSS {rss:,.0f} MB"
+                    + (f", each worker at most {workers_rss:,.0f} MB" if jobs > 1 else "")
+                    + f" (raw: {raw_rss:,.0f} MB)"),
+        Result("  the same in one process (`--workers 1`)", serial, raw,
+               "raw SELECT + json.loads", "(information)", None,
+               note=f"peak RSS {serial_rss:,.0f} MB"),
+        Result("  decode + checked fold only, in log order, states kept in memory (`fold_log`)",
+               fold, raw, "raw SELECT + json.loads", "(information)", None,
+               note=f"peak RSS {fold_rss:,.0f} MB"),
         Result("replay vs raw SELECT + orjson.loads", ef, raw_orjson, "raw SELECT + orjson.loads",
                "(information)", None),
     ]

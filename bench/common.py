@@ -119,9 +119,10 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory of this process (or, with RUSAGE_CHILDREN, of the largest of its
+    finished children) in MB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(who).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 

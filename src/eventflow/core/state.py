@@ -146,22 +146,11 @@ _MATERIAL_TRIGGERS = MATERIAL.triggers
 _CALC_TRIGGERS = CALCULATION.triggers
 
 
-def _idle_after(state: MaterialState, calc_after: dict[str, str]) -> bool:
-    return not any(
-        calc_after.get(c.id, c.state) in CALCULATION_ACTIVE for c in state.calcs.values()
-    )
-
-
-def _material_dest(state: MaterialState, trigger: str, calc_after: dict[str, str]) -> str | None:
-    if trigger not in _MATERIAL_TRIGGERS:
-        return None
-    options = _MATERIAL_TABLE.get((state.state, trigger))
-    if options is not None:
-        for condition, dest in options:  # the only condition in the table is "idle"
-            if condition is None or _idle_after(state, calc_after):
-                return dest
-    # Not allowed: let the lifecycle say so in its own words.
-    return MATERIAL.next_state(state.state, trigger, {"idle": lambda: False})
+def _idle_after(state: MaterialState, calc: CalcState | None, calc_dest: str | None) -> bool:
+    """Whether no calculation is active once ``calc`` (if any) has moved to ``calc_dest``."""
+    if calc is not None and calc_dest in CALCULATION_ACTIVE:
+        return False
+    return not any(c.state in CALCULATION_ACTIVE and c is not calc for c in state.calcs.values())
 
 
 def _check_request(state: MaterialState, e: ev.SubmissionRequested) -> None:
@@ -181,19 +170,23 @@ def _check_request(state: MaterialState, e: ev.SubmissionRequested) -> None:
         )
 
 
-def check(state: MaterialState, e: ev.Event) -> tuple[str | None, str | None]:
-    """Return (new material state, new calculation state) for ``e``, or raise IllegalTransition."""
+def _transition(
+    state: MaterialState, e: ev.Event
+) -> tuple[str | None, CalcState | None, str | None]:
+    """(the material's new state, the calculation ``e`` concerns, its new state); None where
+    nothing changes. Raises IllegalTransition, having changed nothing. The replay hot path:
+    plain lookups in the compiled tables."""
     trigger = e.TYPE
-    calc_dest: str | None = None
-    calc_after: dict[str, str] = {}
     if state.state == "new" and trigger != "MaterialRegistered":
         raise IllegalTransition(f"material {state.id!r} is not registered")
+    calc: CalcState | None = None
+    calc_dest: str | None = None
     if trigger in _CALC_TRIGGERS:
-        cid = e.calculation_id  # type: ignore[attr-defined]
         if trigger == "SubmissionRequested":
             _check_request(state, e)  # type: ignore[arg-type]
             calc_dest = "requested"
         else:
+            cid = e.calculation_id  # type: ignore[attr-defined]
             calc = state.calcs.get(cid)
             if calc is None:
                 raise IllegalTransition(f"unknown calculation {cid!r} for material {state.id!r}")
@@ -204,11 +197,24 @@ def check(state: MaterialState, e: ev.Event) -> tuple[str | None, str | None]:
                 except IllegalTransition as exc:
                     raise IllegalTransition(f"{cid}: {exc}") from None
             calc_dest = options[0][1]  # type: ignore[index] - no conditions on calculations
-        calc_after[cid] = calc_dest
-    try:
-        return _material_dest(state, trigger, calc_after), calc_dest
+    if trigger not in _MATERIAL_TRIGGERS:
+        return None, calc, calc_dest
+    options = _MATERIAL_TABLE.get((state.state, trigger))
+    if options is not None:
+        for condition, dest in options:  # the only condition in the table is "idle"
+            if condition is None or _idle_after(state, calc, calc_dest):
+                return dest, calc, calc_dest
+    try:  # not allowed: let the lifecycle say so in its own words
+        MATERIAL.next_state(state.state, trigger, {"idle": lambda: False})
     except IllegalTransition as exc:
         raise IllegalTransition(f"{state.id}: {exc}") from None
+    raise AssertionError("unreachable: the lifecycle refused nothing")
+
+
+def check(state: MaterialState, e: ev.Event) -> tuple[str | None, str | None]:
+    """Return (new material state, new calculation state) for ``e``, or raise IllegalTransition."""
+    material_dest, _, calc_dest = _transition(state, e)
+    return material_dest, calc_dest
 
 
 # -- what each event does to the state, beyond the lifecycle (one small function per type) --
@@ -316,12 +322,10 @@ MUTATE = {
 
 def apply_event(state: MaterialState, e: ev.Event, seq: int, version: int, at: str) -> None:
     """Fold one event into ``state`` (in place), after checking it is legal."""
-    material_dest, calc_dest = check(state, e)
-    t = e.TYPE
-    calc = state.calcs.get(e.calculation_id) if t in _CALC_TRIGGERS else None  # type: ignore
-    MUTATE.get(t, _nothing)(state, calc, e, at, seq)
-    if calc_dest is not None:
-        state.calcs[e.calculation_id].state = calc_dest  # type: ignore[attr-defined]
+    material_dest, calc, calc_dest = _transition(state, e)
+    MUTATE.get(e.TYPE, _nothing)(state, calc, e, at, seq)
+    if calc is not None:
+        calc.state = calc_dest  # type: ignore[assignment] - set with calc
     if material_dest is not None:
         state.state = material_dest
     state.version = version

@@ -131,7 +131,7 @@ def _decode_row(row: Sequence[Any]) -> ev.Recorded:
         seq=seq,
         stream=stream,
         version=version,
-        event=ev.decode(type_, schema_version, orjson.loads(data)),
+        event=ev.decode_json(type_, schema_version, data),
         recorded_at=recorded_at,
         meta=orjson.loads(meta),
         idempotency_key=key,

@@ -135,7 +135,7 @@ def _is_policy(row: Row) -> bool:
 
 def _recorded(row: Row) -> ev.Recorded:
     seq, stream, version, type_, sv, data, _meta, at, key = row[:9]
-    return ev.Recorded(seq, stream, version, ev.decode(type_, sv, orjson.loads(data)), at, {}, key)
+    return ev.Recorded(seq, stream, version, ev.decode_json(type_, sv, data), at, {}, key)
 
 
 def _as_events(commands: Iterable[cmd.Command]) -> list[ev.Event]:
