@@ -142,3 +142,17 @@ def test_scratch_files_of_a_killed_rebuild_are_removed_and_live_ones_kept(
     Projections(path, create=True).rebuild(log, jobs=1)
     assert not dead.exists()
     assert alive.exists()
+
+
+def test_projections_with_another_page_size_are_rebuilt_all_the_same(log: EventStore,
+                                                                     tmp_path: Path) -> None:
+    path = tmp_path / "projections.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA page_size = 8192")
+    db.execute("VACUUM")
+    db.close()
+    views = Projections(path, create=True)
+    assert views.db.execute("PRAGMA page_size").fetchone()[0] == 8192
+    views.rebuild(log, jobs=2)
+    assert _rows(views) == _fresh(log)
+    assert views.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

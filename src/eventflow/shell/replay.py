@@ -12,8 +12,8 @@ A big log is split by material id into ranges, one per process (the fold is CPU-
 Python, one core each): this process folds the first range, ``python -m
 eventflow.shell.replay`` the others (a plain child process, not multiprocessing, which would
 re-run the caller's script in every child). Every range goes into its own scratch file, and
-SQLite merges them (``INSERT ... SELECT``) before the copy. The rows do not depend on the split: a
-material's state depends only on its own stream.
+SQLite merges them (``INSERT ... SELECT``) before the copy. The rows do not depend on the
+split: a material's state depends only on its own stream.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from eventflow.core import events as ev
@@ -69,7 +70,9 @@ def rebuild(
     jobs = default_jobs(last) if jobs is None else max(1, jobs)
     ranges = _ranges(store, jobs)
     _remove_stale_scratch(views.path)
-    scratch = [_scratch_path(views.path, k) for k in range(len(ranges))]
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the pid first: see _remove_stale_scratch
+    scratch = [views.path.with_name(f"{views.path.name}.rebuild-{token}-{k}")
+               for k in range(len(ranges))]
     workers: list[subprocess.Popen[bytes]] = []
     try:
         for k, (lo, hi) in enumerate(ranges[1:], start=1):
@@ -102,31 +105,37 @@ def fold_range(
     Runs in a worker process or in the caller's; returns the number of materials.
     """
     db = _scratch_db(out)
-    count = 0
-    with gc_paused(), EventStore(log) as store:
-        rows = store.read_streams(lo=lo, hi=hi, until_seq=last, until_time=until_time)
-        done: list[MaterialState] = []
-        state: MaterialState | None = None
-        decode = ev.decode_json
-        seq = 0
-        type_ = stream = ""
-        try:
-            for seq, stream, version, type_, sv, data, at in rows:
-                if state is None or stream != state.id:
-                    if state is not None:
-                        done.append(state)
-                        if len(done) >= FLUSH_EVERY:
-                            count += _insert(db, done)
-                    state = MaterialState(stream)
-                apply_event(state, decode(type_, sv, data), seq, version, at)
-        except (ev.UnknownEventError, IllegalTransition) as exc:
-            raise unreplayable(log, seq, type_, stream, exc) from None
-        if state is not None:
-            done.append(state)
-        count += _insert(db, done)
-    db.execute("COMMIT")
-    db.close()
+    try:
+        with gc_paused(), EventStore(log) as store:
+            count = _fold_into(db, store, lo, hi, last, until_time)
+        db.execute("COMMIT")
+    finally:
+        db.close()
     return count
+
+
+def _fold_into(db: sqlite3.Connection, store: EventStore, lo: str | None, hi: str | None,
+               last: int, until_time: str | None) -> int:
+    rows = store.read_streams(lo=lo, hi=hi, until_seq=last, until_time=until_time)
+    done: list[MaterialState] = []
+    state: MaterialState | None = None
+    decode = ev.decode_json
+    count = seq = 0
+    type_ = stream = ""
+    try:
+        for seq, stream, version, type_, sv, data, at in rows:
+            if state is None or stream != state.id:
+                if state is not None:
+                    done.append(state)
+                    if len(done) >= FLUSH_EVERY:
+                        count += _insert(db, done)
+                state = MaterialState(stream)
+            apply_event(state, decode(type_, sv, data), seq, version, at)
+    except (ev.UnknownEventError, IllegalTransition) as exc:
+        raise unreplayable(store.path, seq, type_, stream, exc) from None
+    if state is not None:
+        done.append(state)
+    return count + _insert(db, done)
 
 
 def _worker_error(stderr: bytes, code: int) -> str:
@@ -176,6 +185,11 @@ def _merge_and_copy(scratch: list[Path], views: Projections, last: int) -> None:
             base.execute("COMMIT")
             base.execute("DETACH DATABASE " + alias)
         base.executescript(data_text("projections", "schema.sql"))  # the indexes, now
+        page_size = views.db.execute("PRAGMA page_size").fetchone()[0]
+        if base.execute("PRAGMA page_size").fetchone()[0] != page_size:
+            # the backup API cannot copy into a WAL database of another page size
+            base.execute(f"PRAGMA page_size = {int(page_size)}")
+            base.execute("VACUUM")
         base.execute("DELETE FROM projection_state")
         base.execute("INSERT INTO projection_state (name, last_seq) VALUES ('all', ?)", (last,))
         base.backup(views.db)
@@ -192,14 +206,10 @@ def _ranges(store: EventStore, jobs: int) -> list[Range]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _scratch_path(views: Path, k: int) -> Path:
-    return views.with_name(f"{views.name}.rebuild-{os.getpid()}-{k}")
-
-
 def _remove_stale_scratch(views: Path) -> None:
     """Scratch files of a rebuild that was killed (its process is gone) are removed."""
-    for path in views.parent.glob(f"{views.name}.rebuild-*-*"):
-        pid = path.name.rsplit("-", 2)[-2]
+    for path in views.parent.glob(f"{views.name}.rebuild-*"):
+        pid = path.name.rsplit(".rebuild-", 1)[1].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             path.unlink(missing_ok=True)
 
@@ -212,7 +222,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
 
 
 def _worker_main(argv: list[str]) -> int:
