@@ -29,7 +29,8 @@ class LockHeld(EventflowError, RuntimeError):
         )
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host has this pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,7 +60,7 @@ class ProjectLock:
             except FileNotFoundError:
                 return True
         if holder.get("host") == socket.gethostname():
-            return not _alive(int(holder.get("pid", 0)))
+            return not process_alive(int(holder.get("pid", 0)))
         try:
             return time.time() - self.path.stat().st_mtime > self.stale_after
         except FileNotFoundError:

@@ -30,6 +30,7 @@ from eventflow.core import events as ev
 from eventflow.core.state import MaterialState, apply_event
 from eventflow.errors import EventflowError, IllegalTransition
 from eventflow.resources import data_text
+from eventflow.shell.lock import process_alive
 from eventflow.shell.projections import (
     INSERT_SQL,
     ROW_MAKERS,
@@ -210,18 +211,8 @@ def _remove_stale_scratch(views: Path) -> None:
     """Scratch files of a rebuild that was killed (its process is gone) are removed."""
     for path in views.parent.glob(f"{views.name}.rebuild-*"):
         pid = path.name.rsplit(".rebuild-", 1)[1].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _worker_main(argv: list[str]) -> int:

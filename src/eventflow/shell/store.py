@@ -125,6 +125,13 @@ def default_meta(actor: str = "cli") -> dict[str, Any]:
     return {"actor": actor, "host": _HOST[1], "pid": pid}
 
 
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """The ``WHERE`` text and arguments of those ``(clause, value)`` whose value is not None
+    (the clauses are fixed text; only the values come from callers)."""
+    kept = [(clause, value) for clause, value in conditions if value is not None]
+    return " AND ".join(c for c, _ in kept) or "1", [v for _, v in kept]
+
+
 def _decode_row(row: Sequence[Any]) -> ev.Recorded:
     seq, stream, version, type_, schema_version, data, meta, recorded_at, key = row
     return ev.Recorded(
@@ -350,22 +357,13 @@ class EventStore:
         idempotency_key``, or ``columns=FOLD_COLUMNS``) in log order, undecoded."""
         if columns not in _COLUMN_CHOICES:
             raise ValueError(f"read_raw: unknown column list {columns!r}")
-        where = ["seq > ?"]
-        args: list[Any] = [after]
-        if stream is not None:
-            where.append("stream = ?")
-            args.append(stream)
-        if until_seq is not None:
-            where.append("seq <= ?")
-            args.append(until_seq)
-        if until_time is not None:
-            where.append("recorded_at <= ?")
-            args.append(until_time)
+        where, args = _where(("seq > ?", after), ("stream = ?", stream),
+                             ("seq <= ?", until_seq), ("recorded_at <= ?", until_time))
         type_list = list(types) if types is not None else None
         if type_list:
-            where.append(f"type IN ({','.join('?' * len(type_list))})")
+            where += f" AND type IN ({','.join('?' * len(type_list))})"
             args.extend(type_list)
-        sql = f"SELECT {columns} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        sql = f"SELECT {columns} FROM events WHERE {where} ORDER BY seq"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
@@ -385,15 +383,9 @@ class EventStore:
     def last_seq_until(self, *, until_seq: int | None = None, until_time: str | None = None
                        ) -> int:
         """The last seq a replay up to ``until_seq`` / ``until_time`` includes."""
-        where, args = ["1"], []
-        if until_seq is not None:
-            where.append("seq <= ?")
-            args.append(until_seq)
-        if until_time is not None:
-            where.append("recorded_at <= ?")
-            args.append(until_time)
+        where, args = _where(("seq <= ?", until_seq), ("recorded_at <= ?", until_time))
         return self.db.execute(
-            f"SELECT coalesce(max(seq), 0) FROM events WHERE {' AND '.join(where)}", args
+            f"SELECT coalesce(max(seq), 0) FROM events WHERE {where}", args
         ).fetchone()[0]
 
     def read_streams(self, *, lo: str | None = None, hi: str | None = None,
@@ -401,19 +393,10 @@ class EventStore:
                      ) -> Iterator[tuple[Any, ...]]:
         """``FOLD_COLUMNS`` rows of the material streams ``lo <= stream < hi``, stream by
         stream, each in version order (through the ``(stream, version)`` index)."""
-        where = ["stream != ?", "seq <= ?"]
-        args: list[Any] = [ev.SYSTEM_STREAM, until_seq]
-        if lo is not None:
-            where.append("stream >= ?")
-            args.append(lo)
-        if hi is not None:
-            where.append("stream < ?")
-            args.append(hi)
-        if until_time is not None:
-            where.append("recorded_at <= ?")
-            args.append(until_time)
-        sql = (f"SELECT {FOLD_COLUMNS} FROM events WHERE {' AND '.join(where)}"
-               " ORDER BY stream, version")
+        where, args = _where(("stream != ?", ev.SYSTEM_STREAM), ("seq <= ?", until_seq),
+                             ("stream >= ?", lo), ("stream < ?", hi),
+                             ("recorded_at <= ?", until_time))
+        sql = f"SELECT {FOLD_COLUMNS} FROM events WHERE {where} ORDER BY stream, version"
         return self.db.execute(sql, args)
 
     # -- integrity --------------------------------------------------------------------------
