@@ -69,7 +69,7 @@ def rebuild(
     """Replace every row of ``views`` by a fresh fold of the log (up to ``until``); the last seq."""
     last = store.last_seq_until(until_seq=until_seq, until_time=until_time)
     jobs = default_jobs(last) if jobs is None else max(1, jobs)
-    ranges = _ranges(store, jobs)
+    ranges = _ranges(store, jobs if sys.executable else 1)  # no interpreter to start: embedded
     _remove_stale_scratch(views.path)
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the pid first: see _remove_stale_scratch
     scratch = [views.path.with_name(f"{views.path.name}.rebuild-{token}-{k}")
