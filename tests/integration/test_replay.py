@@ -156,3 +156,18 @@ def test_projections_with_another_page_size_are_rebuilt_all_the_same(log: EventS
     views.rebuild(log, jobs=2)
     assert _rows(views) == _fresh(log)
     assert views.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_catching_up_stops_at_the_seq_it_records_even_if_the_log_grows_meanwhile(
+        log: EventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    end = log.last_seq()
+    views = Projections(tmp_path / "projections.db", create=True)
+    views.rebuild(log, until_seq=end - 3)
+    # The log's end is read, then the last event is appended before the streams are folded.
+    monkeypatch.setattr(log, "last_seq", lambda: end - 1)
+    assert views.catch_up(log) == 2
+    assert views.last_seq() == end - 1
+    assert _rows(views) == _fresh(log, until_seq=end - 1)
+    monkeypatch.undo()
+    assert views.catch_up(log) == 1
+    assert _rows(views) == _fresh(log)

@@ -223,13 +223,15 @@ class Projections:
             )
         changed = {
             r[0]
-            for r in store.db.execute("SELECT DISTINCT stream FROM events WHERE seq > ?", (mine,))
+            for r in store.db.execute(
+                "SELECT DISTINCT stream FROM events WHERE seq > ? AND seq <= ?", (mine, theirs))
         }
         changed.discard(ev.SYSTEM_STREAM)
         if len(changed) > 5000:
             self.rebuild(store)
         else:
-            states, _ = fold_log(store, streams=sorted(changed))
+            # up to ``theirs`` only: the rows must be those of the seq they are recorded with
+            states, _ = fold_log(store, streams=sorted(changed), until_seq=theirs)
             self.write(states.values(), theirs)
         return theirs - mine
 
