@@ -48,6 +48,15 @@ def read_corpus(relative: str) -> str:
     return path.read_text(errors="replace")
 
 
+def assert_parsed_as_truth(result: object, row: dict[str, str]) -> None:
+    """The classification of a parse (code, program, calculation, status, error kind) is the
+    one its TRUTH.tsv row gives."""
+    got = {name: getattr(result, name) for name in
+           ("code", "program", "calculation", "status", "error_kind")}
+    got["error_kind"] = got["error_kind"] or ""
+    assert got == {name: row[name] for name in got}, row["file"]
+
+
 def truth_rows(code: str | None = None) -> list[dict[str, str]]:
     """TRUTH.tsv rows (union of bundled and shared), optionally only those of ``code``."""
     rows: dict[str, dict[str, str]] = {}

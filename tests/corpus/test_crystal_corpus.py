@@ -19,6 +19,7 @@ from eventflow.codes.crystal import PLUGIN, fort25, parse, patterns
 from tests.corpus.conftest import (
     BUNDLED,
     SHARED,
+    assert_parsed_as_truth,
     corpus_file,
     corpus_files,
     read_corpus,
@@ -26,8 +27,6 @@ from tests.corpus.conftest import (
 )
 
 CRYSTAL_ROWS = truth_rows("crystal")
-
-
 
 
 def test_truth_has_the_crystal_rows() -> None:
@@ -39,11 +38,7 @@ def test_truth_row(row: dict[str, str]) -> None:
     text = read_corpus(row["file"])
     assert PLUGIN.detect(text)
     result = PLUGIN.parse(text)
-    assert result.code == "crystal"
-    assert result.program == row["program"]
-    assert result.calculation == row["calculation"]
-    assert result.status == row["status"]
-    assert (result.error_kind or "") == row["error_kind"]
+    assert_parsed_as_truth(result, row)
     if row["energy"]:
         assert result.energy == pytest.approx(float(row["energy"]), rel=1e-6)
         assert result.energy_unit == row["energy_unit"] == "Ha"

@@ -16,15 +16,19 @@ from eventflow.codes.base import RYDBERG_EV
 from eventflow.codes.qe import PLUGIN
 from eventflow.codes.qe.parse import BOHR_ANGSTROM, parse, sanity_problems
 from eventflow.codes.qe.patterns import PATTERNS
-from tests.corpus.conftest import SHARED, corpus_files, read_corpus, truth_rows
+from tests.corpus.conftest import (
+    SHARED,
+    assert_parsed_as_truth,
+    corpus_files,
+    read_corpus,
+    truth_rows,
+)
 
 QE_ROWS = truth_rows("qe")
 
 # Patterns with no real text anywhere public (corpus README): tested in
 # tests/unit/test_qe_patterns.py on the message text of QE's sources.
 NO_REAL_TEXT = {"diagonalization_failed"}
-
-
 
 
 def test_truth_has_qe_rows() -> None:
@@ -36,11 +40,7 @@ def test_truth_row(row: dict[str, str]) -> None:
     text = read_corpus(row["file"])
     assert PLUGIN.detect(text)
     result = parse(text)
-    assert result.code == "qe"
-    assert result.program == row["program"]
-    assert result.calculation == row["calculation"]
-    assert result.status == row["status"]
-    assert (result.error_kind or "") == row["error_kind"]
+    assert_parsed_as_truth(result, row)
     if row["energy"]:
         assert result.energy == float(row["energy"])
         assert result.energy_unit == row["energy_unit"]

@@ -14,7 +14,7 @@ import pytest
 from eventflow.codes.slurm import PATTERNS, PLUGIN, find_messages, kind_from_state, parse
 from eventflow.core.kinds import ERROR_KINDS
 
-from .conftest import corpus_file, truth_rows
+from .conftest import assert_parsed_as_truth, corpus_file, truth_rows
 
 CAPTURED = Path(__file__).resolve().parents[1] / "data" / "slurm"
 ROWS = truth_rows("slurm")
@@ -38,11 +38,7 @@ def test_corpus_logs_parse_as_truth_says(row: dict[str, str]) -> None:
         pytest.skip(f"{row['file']} is only in the shared corpus, not here")
     text = _read(path)
     result = parse(text)
-    assert result.code == "slurm"
-    assert result.program == row["program"]
-    assert result.calculation == row["calculation"]
-    assert result.status == row["status"]
-    assert (result.error_kind or "") == row["error_kind"]
+    assert_parsed_as_truth(result, row)
     assert any(row["evidence"] in f.text for f in result.errors), row["evidence"]
     assert PLUGIN.detect(text)
 

@@ -35,8 +35,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:spglib")
 
 
-
-
 def _basis_sets(deck: deckmod.Deck) -> dict[str, str]:
     """The explicit basis of a real deck, element by element, as written."""
     return {
