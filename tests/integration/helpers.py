@@ -9,13 +9,14 @@ from collections.abc import Callable
 from eventflow.shell.store import GENESIS, EventStore, canonical, row_hash
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 240.0) -> None:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 240.0, *,
+             every: float = 0.2) -> None:
     """Poll ``predicate`` until it holds; a bound on waiting, never a timing assertion."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 

@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from eventflow.codes.slurm import kind_from_state
-from eventflow.core.jobscript import RECORD_NAME, JobSpec, Resources, render_job_script
+from eventflow.core.jobscript import RECORD_NAME, JobSpec, Resources
 from eventflow.shell.scheduler import (
     LocalExecutor,
     SchedulerError,
@@ -26,9 +25,10 @@ from eventflow.shell.scheduler import (
     SubmitError,
     choose_scheduler,
 )
+from tests.integration.helpers import wait_for
+from tests.jobfolders import read_record, write_job_script
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = (REPO / "slurm" / "job.sh.tmpl").read_text()
 SRC = REPO / "src"
 WAIT = 120.0  # an upper bound on waiting for a job, never a timing assertion
 
@@ -39,20 +39,11 @@ def _job(tmp_path: Path, name: str, commands: list[list[str]],
     job_dir.mkdir(parents=True)
     spec = JobSpec(job_dir=str(job_dir), idempotency_key=f"key-{name}", commands=commands,
                    resources=resources or Resources(time="10"))
-    script = job_dir / "job.sh"
-    script.write_text(render_job_script(TEMPLATE, spec))
-    return job_dir, script
-
-
-def _record(job_dir: Path) -> dict:
-    return json.loads((job_dir / RECORD_NAME).read_text())
+    return job_dir, write_job_script(job_dir, spec)
 
 
 def _wait_for(path: Path, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.05)
+    wait_for(path.exists, f"{path.name} to appear", timeout, every=0.05)
 
 
 @pytest.fixture
@@ -67,7 +58,7 @@ def test_a_job_runs_and_leaves_its_record(tmp_path: Path, executor: LocalExecuto
     assert job_id.startswith("local-")
     info = executor.wait(job_id, WAIT)
     assert (info.state, info.exit_code, info.name) == ("COMPLETED", 0, name)
-    record = _record(job_dir)
+    record = read_record(job_dir)
     assert record["job_id"] == job_id
     assert record["exit_code"] == 0
     assert record["idempotency_key"] == "key-ok"
@@ -84,7 +75,7 @@ def test_a_failing_job_is_failed_with_its_exit_code(tmp_path: Path,
     info = executor.wait(job_id, WAIT)
     assert (info.state, info.exit_code) == ("FAILED", 3)
     assert kind_from_state(info.state) is None  # the program's output must say why
-    assert _record(job_dir)["exit_code"] == 3
+    assert read_record(job_dir)["exit_code"] == 3
 
 
 def test_states_answers_for_many_ids_and_unknown_ones(tmp_path: Path,
@@ -107,7 +98,7 @@ def test_cancel_stops_the_job_and_the_record_says_so(tmp_path: Path,
     info = executor.wait(job_id, WAIT)
     assert info.state == "CANCELLED"
     assert kind_from_state(info.state) == "cancelled"
-    record = _record(job_dir)
+    record = read_record(job_dir)
     assert (record["reason"], record["signal"]) == ("terminated", signal.SIGTERM)
     executor.cancel(job_id)  # already over: nothing to do, no error
 
@@ -121,7 +112,7 @@ def test_the_time_limit_is_enforced_with_a_warning_first(tmp_path: Path,
     info = executor.wait(job_id, WAIT)
     assert info.state == "TIMEOUT"
     assert kind_from_state(info.state) == "walltime"
-    record = _record(job_dir)
+    record = read_record(job_dir)
     assert record["reason"] == "time_limit"
     assert record["signal"] == signal.SIGUSR1
     assert record["exit_code"] != 0
@@ -187,7 +178,7 @@ def test_a_runner_killed_outright_is_reported_as_a_node_failure(
     # Clean up: the orphaned script still answers TERM with its record.
     os.killpg(os.getpgid(int((job_dir / "pid").read_text())), signal.SIGTERM)
     _wait_for(job_dir / RECORD_NAME)
-    assert _record(job_dir)["reason"] == "terminated"
+    assert read_record(job_dir)["reason"] == "terminated"
 
 
 def test_submit_refuses_missing_folders_and_scripts(tmp_path: Path,

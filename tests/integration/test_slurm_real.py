@@ -7,7 +7,6 @@ nothing asserts how long anything took.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 import uuid
@@ -17,7 +16,7 @@ import pytest
 
 from eventflow.codes.slurm import kind_from_state
 from eventflow.codes.slurm import parse as parse_scheduler_log
-from eventflow.core.jobscript import RECORD_NAME, JobSpec, Resources, render_job_script
+from eventflow.core.jobscript import RECORD_NAME, JobSpec, Resources
 from eventflow.shell.scheduler import (
     JobInfo,
     SlurmScheduler,
@@ -25,9 +24,9 @@ from eventflow.shell.scheduler import (
     choose_scheduler,
     run_command,
 )
+from tests.integration.helpers import wait_for
+from tests.jobfolders import read_record, write_job_script
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = (REPO / "slurm" / "job.sh.tmpl").read_text()
 WAIT = 240.0  # upper bound on waiting for one job; never a timing assertion
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("need_slurm")]
@@ -49,9 +48,7 @@ def _submit(slurm: SlurmScheduler, tmp_path: Path, label: str, commands: list[li
     name = _name(label)
     spec = JobSpec(job_dir=str(job_dir), idempotency_key=f"{name}:1", commands=commands,
                    resources=resources or Resources(time="5", mem="200M"))
-    script = job_dir / "job.sh"
-    script.write_text(render_job_script(TEMPLATE, spec))
-    return slurm.submit(script, name, job_dir), name, job_dir
+    return slurm.submit(write_job_script(job_dir, spec), name, job_dir), name, job_dir
 
 
 def _wait(slurm: SlurmScheduler, job_id: str, timeout: float = WAIT) -> JobInfo:
@@ -65,14 +62,7 @@ def _wait(slurm: SlurmScheduler, job_id: str, timeout: float = WAIT) -> JobInfo:
 
 
 def _wait_for(path: Path, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.2)
-
-
-def _record(job_dir: Path) -> dict:
-    return json.loads((job_dir / RECORD_NAME).read_text())
+    wait_for(path.exists, f"{path} to appear", timeout)
 
 
 def _log(job_dir: Path, job_id: str) -> str:
@@ -86,7 +76,7 @@ def test_a_rendered_job_runs_and_leaves_its_record(slurm: SlurmScheduler, tmp_pa
     info = _wait(slurm, job_id)
     assert (info.state, info.exit_code, info.signal, info.name) == ("COMPLETED", 0, None, name)
     assert info.node
-    record = _record(job_dir)
+    record = read_record(job_dir)
     assert record["job_id"] == job_id
     assert record["exit_code"] == 0
     assert record["reason"] == "completed"
@@ -116,7 +106,7 @@ def test_a_job_that_exits_3_is_failed_with_exit_code_3(slurm: SlurmScheduler,
     info = _wait(slurm, job_id)
     assert (info.state, info.exit_code) == ("FAILED", 3)
     assert kind_from_state(info.state) is None
-    record = _record(job_dir)
+    record = read_record(job_dir)
     assert (record["exit_code"], record["reason"]) == (3, "command_failed")
 
 
@@ -132,7 +122,7 @@ def test_scancel_of_a_running_job_is_cancelled_with_a_record(slurm: SlurmSchedul
     assert info.state == "CANCELLED"
     assert kind_from_state(info.state) == "cancelled"
     _wait_for(job_dir / RECORD_NAME)
-    record = _record(job_dir)
+    record = read_record(job_dir)
     assert (record["reason"], record["signal"]) == ("terminated", signal.SIGTERM)
     assert parse_scheduler_log(_log(job_dir, job_id)).error_kind == "cancelled"
     slurm.cancel(job_id)  # a finished job: nothing to do, no error
@@ -149,7 +139,7 @@ def test_the_time_limit_leaves_a_record_through_the_usr1_trap(slurm: SlurmSchedu
     info = _wait(slurm, job_id)
     assert info.state == "TIMEOUT"
     assert kind_from_state(info.state) == "walltime"
-    record = _record(job_dir)
+    record = read_record(job_dir)
     assert record["reason"] == "time_limit"
     assert record["signal"] == signal.SIGUSR1
     assert record["exit_code"] != 0
@@ -194,7 +184,7 @@ def test_a_job_over_its_memory_is_killed_and_recognised(slurm: SlurmScheduler,
     if _memory_enforced_by_cgroup():
         assert info.state == "OUT_OF_MEMORY"
         assert kind_from_state(info.state) == "out_of_memory"
-        record = _record(job_dir)  # the script outlives its OOM-killed program
+        record = read_record(job_dir)  # the script outlives its OOM-killed program
         assert record["exit_code"] == 128 + signal.SIGKILL
     else:
         assert info.state in {"FAILED", "OUT_OF_MEMORY"}
@@ -205,10 +195,8 @@ def test_sbatch_refusals_carry_slurms_message(slurm: SlurmScheduler, tmp_path: P
     job_dir.mkdir()
     spec = JobSpec(job_dir=str(job_dir), idempotency_key="k", commands=[["true"]],
                    resources=Resources(partition="no-such-partition", time="1"))
-    script = job_dir / "job.sh"
-    script.write_text(render_job_script(TEMPLATE, spec))
     with pytest.raises(SubmitError, match="invalid partition"):
-        slurm.submit(script, _name("refused"), job_dir)
+        slurm.submit(write_job_script(job_dir, spec), _name("refused"), job_dir)
 
 
 def test_accounting_is_detected_and_used_only_when_it_works(slurm: SlurmScheduler,

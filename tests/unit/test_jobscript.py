@@ -8,12 +8,12 @@ no payload had a side effect.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -32,9 +32,9 @@ from eventflow.core.jobscript import (
     signal_warning_seconds,
     walltime_seconds,
 )
+from tests.jobfolders import TEMPLATE, read_record, write_job_script
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = (REPO / "slurm" / "job.sh.tmpl").read_text()
 
 HOSTILE = [
     "; rm -rf ~",
@@ -210,12 +210,6 @@ def test_template_and_renderer_must_agree() -> None:
 # --- running the rendered script with bash -------------------------------------------------
 
 
-def _write_script(tmp_path: Path, spec: JobSpec) -> Path:
-    script = tmp_path / "job.sh"
-    script.write_text(render_job_script(TEMPLATE, spec))
-    return script
-
-
 def _environment(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
@@ -226,13 +220,9 @@ def _environment(tmp_path: Path) -> dict[str, str]:
 
 
 def _run(tmp_path: Path, spec: JobSpec) -> subprocess.CompletedProcess[str]:
-    script = _write_script(tmp_path, spec)
+    script = write_job_script(tmp_path, spec)
     return subprocess.run(["bash", str(script)], cwd=tmp_path, env=_environment(tmp_path),
                           capture_output=True, text=True, timeout=60, check=False)
-
-
-def _record(job_dir: Path) -> dict:
-    return json.loads((job_dir / RECORD_NAME).read_text())
 
 
 def _no_side_effects(tmp_path: Path) -> None:
@@ -253,7 +243,7 @@ def test_a_successful_job_leaves_a_complete_record(tmp_path: Path) -> None:
     done = _run(tmp_path, spec)
     assert done.returncode == 0, done.stderr
     assert (job / "greeting.txt").read_text() == "hello\n"
-    record = _record(job)
+    record = read_record(job)
     assert record["exit_code"] == 0
     assert record["signal"] is None
     assert record["reason"] == "completed"
@@ -272,7 +262,7 @@ def test_the_first_failing_command_ends_the_job_with_its_exit_code(tmp_path: Pat
                    commands=[["true"], ["bash", "-c", "exit 3"], ["touch", "not-reached"]])
     done = _run(tmp_path, spec)
     assert done.returncode == 3
-    record = _record(job)
+    record = read_record(job)
     assert record["exit_code"] == 3
     assert record["reason"] == "command_failed"
     assert record["command_index"] == 2
@@ -301,7 +291,7 @@ def test_hostile_job_folder_names_are_harmless(tmp_path: Path, folder: str) -> N
     done = _run(tmp_path, spec)
     assert done.returncode == 0, done.stderr
     assert (job / "; out $(x)").read_text() == "payload-free\n"
-    assert _record(job)["exit_code"] == 0
+    assert read_record(job)["exit_code"] == 0
     _no_side_effects(tmp_path)
 
 
@@ -317,7 +307,7 @@ def test_scratch_copies_inputs_there_and_results_back(tmp_path: Path) -> None:
         resources=Resources(scratch_root=str(scratch)), inputs=("--help",))
     done = _run(tmp_path, spec)
     assert done.returncode == 0, done.stderr
-    record = _record(job)
+    record = read_record(job)
     assert record["copied_back"] is True
     assert record["scratch_dir"].startswith(str(scratch) + "/eventflow-local-77.")
     assert (job / "where.txt").read_text().strip() == record["scratch_dir"]
@@ -332,7 +322,7 @@ def test_scratch_root_may_name_user_variables(tmp_path: Path) -> None:
                    resources=Resources(scratch_root="$HOME/scratch"))
     done = _run(tmp_path, spec)
     assert done.returncode == 0, done.stderr
-    assert _record(job)["scratch_dir"].startswith(str(tmp_path / "home" / "scratch") + "/")
+    assert read_record(job)["scratch_dir"].startswith(str(tmp_path / "home" / "scratch") + "/")
 
 
 def test_modules_are_loaded_before_the_commands(tmp_path: Path) -> None:
@@ -344,7 +334,7 @@ def test_modules_are_loaded_before_the_commands(tmp_path: Path) -> None:
     fake.chmod(0o755)
     spec = JobSpec(job_dir=str(job), idempotency_key="k", commands=[["true"]],
                    resources=Resources(modules=("QuantumESPRESSO/7.2-foss-2022a", "crystal23")))
-    script = _write_script(tmp_path, spec)
+    script = write_job_script(tmp_path, spec)
     env = _environment(tmp_path)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
@@ -363,23 +353,25 @@ def test_a_module_that_fails_to_load_is_a_setup_failure(tmp_path: Path) -> None:
     (bin_dir / "module").chmod(0o755)
     spec = JobSpec(job_dir=str(job), idempotency_key="k", commands=[["touch", "ran"]],
                    resources=Resources(modules=("nonexistent/1.0",)))
-    script = _write_script(tmp_path, spec)
+    script = write_job_script(tmp_path, spec)
     env = _environment(tmp_path)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 1
-    assert _record(job)["reason"] == "setup_failed"
+    assert read_record(job)["reason"] == "setup_failed"
     assert not (job / "ran").exists()
 
 
-def _start_and_wait_for(tmp_path: Path, spec: JobSpec, marker: Path) -> subprocess.Popen[str]:
-    script = _write_script(tmp_path, spec)
+def _start_and_wait_for(tmp_path: Path, spec: JobSpec,
+                        started: Callable[[], bool]) -> subprocess.Popen[str]:
+    """Run the job script in its own session until ``started()`` says its command runs."""
+    script = write_job_script(tmp_path, spec)
     process = subprocess.Popen(["bash", str(script)], env=_environment(tmp_path),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + 30
-    while not marker.exists():
+    while not started():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the command never started"
         time.sleep(0.05)
@@ -391,11 +383,11 @@ def test_termination_leaves_a_record_and_stops_the_program(tmp_path: Path) -> No
     job = _job_dir(tmp_path)
     spec = JobSpec(job_dir=str(job), idempotency_key="k",
                    commands=[["bash", "-c", "touch started; sleep 600"], ["touch", "not-reached"]])
-    process = _start_and_wait_for(tmp_path, spec, job / "started")
+    process = _start_and_wait_for(tmp_path, spec, (job / "started").exists)
     os.killpg(process.pid, signal.SIGTERM)
     process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM
-    record = _record(job)
+    record = read_record(job)
     assert record["signal"] == signal.SIGTERM
     assert record["exit_code"] == 128 + signal.SIGTERM
     assert record["reason"] == "terminated"
@@ -409,30 +401,18 @@ def test_the_time_limit_warning_writes_the_record_and_copies_back(tmp_path: Path
                    commands=[["bash", "-c", "echo partial > partial.out; touch started; "
                                             "sleep 600"]],
                    resources=Resources(scratch_root=str(tmp_path / "scratch"), time="10"))
-    process = _start_and_wait_for_scratch(tmp_path, spec)
+    process = _start_and_wait_for(
+        tmp_path, spec, lambda: any((tmp_path / "scratch").glob("eventflow-*/started")))
     process.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 60
-    while not (job / RECORD_NAME).exists() or _record(job)["copied_back"] is not True:
+    while not (job / RECORD_NAME).exists() or read_record(job)["copied_back"] is not True:
         assert time.monotonic() < deadline, "no record after USR1"
         time.sleep(0.05)
     assert process.poll() is None, "the script must wait for the scheduler to end the job"
     os.killpg(process.pid, signal.SIGTERM)  # the limit itself
     process.communicate(timeout=60)
-    record = _record(job)
+    record = read_record(job)
     assert record["reason"] == "time_limit"
     assert record["signal"] == signal.SIGUSR1
     assert record["exit_code"] == 128 + signal.SIGUSR1
     assert (job / "partial.out").read_text() == "partial\n"
-
-
-def _start_and_wait_for_scratch(tmp_path: Path, spec: JobSpec) -> subprocess.Popen[str]:
-    script = _write_script(tmp_path, spec)
-    process = subprocess.Popen(["bash", str(script)], env=_environment(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not list((tmp_path / "scratch").glob("eventflow-*/started")):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the command never started"
-        time.sleep(0.05)
-    return process
