@@ -198,10 +198,14 @@ def bench_decisions(config: PolicyConfig, n: int, repeat: int = 5) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000, help="events in the log")
-    parser.add_argument("--decisions", type=int, default=5000, help="failures to decide")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run with small sizes (numbers not meaningful)")
+    parser.add_argument("--events", type=int, help="events in the log (default 1,000,000)")
+    parser.add_argument("--decisions", type=int, help="failures to decide (default 5000)")
     parser.add_argument("--keep", metavar="DIR", help="make the project here and keep it")
     args = parser.parse_args(argv)
+    args.events = args.events or (20_000 if args.quick else 1_000_000)
+    args.decisions = args.decisions or (500 if args.quick else 5000)
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="eventflow-bench-"))
     try:

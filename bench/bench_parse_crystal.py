@@ -17,7 +17,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from common import best_of
+from common import alternate, best_of
 
 from eventflow.codes.crystal.parse import parse_output
 
@@ -42,8 +42,11 @@ def crystal_outputs() -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run with small sizes (numbers not meaningful)")
+    parser.add_argument("--rounds", type=int, help="rounds, alternating (default 7)")
     args = parser.parse_args()
+    args.rounds = args.rounds or (2 if args.quick else 7)
     files = crystal_outputs()
     if not files:
         raise SystemExit("no CRYSTAL corpus file found (tests/data/corpus or ../shared/corpus)")
@@ -58,10 +61,7 @@ def main() -> None:
     def eventflow() -> None:
         parse_output(text)
 
-    parse_times, base_times = [], []
-    for _ in range(args.rounds):  # alternate, so a noisy moment hits both
-        parse_times.append(best_of(eventflow, 1))
-        base_times.append(best_of(baseline, 1))
+    parse_times, base_times = alternate([eventflow, baseline], args.rounds)
     parse_s, base_s = min(parse_times), min(base_times)
     print(f"largest output: {largest.name} ({len(text) / 1e6:.2f} MB, "
           f"{text.count(chr(10))} lines) -> {result.program} {result.calculation} "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import best_of
+from common import alternate
 
 from eventflow.codes.qe.parse import parse
 
@@ -52,9 +52,13 @@ def build_text(size_bytes: int) -> tuple[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run with small sizes (numbers not meaningful)")
+    parser.add_argument("--size-mb", type=float, help="size of the built output (default 1)")
+    parser.add_argument("--rounds", type=int, help="rounds, alternating (default 7)")
     args = parser.parse_args()
+    args.size_mb = args.size_mb or (0.2 if args.quick else 1.0)
+    args.rounds = args.rounds or (2 if args.quick else 7)
     text, repeats = build_text(int(args.size_mb * 1_000_000))
     result = parse(text)
     if (result.calculation, result.status) != ("VC-RELAX", "ok"):
@@ -67,10 +71,7 @@ def main() -> None:
     def eventflow() -> None:
         parse(text)
 
-    parse_times, base_times = [], []
-    for _ in range(args.rounds):  # alternate, so a noisy moment hits both
-        parse_times.append(best_of(eventflow, 1))
-        base_times.append(best_of(baseline, 1))
+    parse_times, base_times = alternate([eventflow, baseline], args.rounds)
     parse_s, base_s = min(parse_times), min(base_times)
     n_lines = text.count("\n")
     print(

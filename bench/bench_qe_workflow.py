@@ -121,6 +121,8 @@ def extraction_times(project: Path) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="run the workflow in this folder and keep it")
+    parser.add_argument("--quick", action="store_true",
+                        help="accepted for `make bench-quick`: the workflow is already small")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     project = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ef-qe-bench-"))
