@@ -246,18 +246,23 @@ def _dat_efermi(text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def _dat_spin_arrays(text: str, what: str, nspin: int, rows: int, columns: int
+                     ) -> list[np.ndarray]:
+    """One ``rows`` x ``columns`` array per spin block, as the header says, or Fort25Error."""
+    blocks = _dat_rows(text)
+    if len(blocks) != nspin:
+        raise Fort25Error(f"{what} says NSPIN {nspin} but holds {len(blocks)} spin blocks")
+    arrays = [np.array(block, dtype=float) for block in blocks]
+    for arr in arrays:
+        if arr.shape != (rows, columns):
+            raise Fort25Error(f"{what} expects {rows} rows of {columns} numbers, got {arr.shape}")
+    return arrays
+
+
 def parse_band_dat(text: str) -> Bands:
     """A BAND.DAT text: ``# NKPT n NBND m NSPIN s`` then rows of k-distance and m energies."""
     nk, nb, nspin = (_dat_header(text, k) for k in ("NKPT", "NBND", "NSPIN"))
-    blocks = _dat_rows(text)
-    if len(blocks) != nspin:
-        raise Fort25Error(f"BAND.DAT says NSPIN {nspin} but holds {len(blocks)} spin blocks")
-    arrays = []
-    for block in blocks:
-        arr = np.array(block, dtype=float)
-        if arr.shape != (nk, nb + 1):
-            raise Fort25Error(f"BAND.DAT expects {nk} rows of {nb + 1} numbers, got {arr.shape}")
-        arrays.append(arr)
+    arrays = _dat_spin_arrays(text, "BAND.DAT", nspin, nk, nb + 1)
     labels = tuple(m.group(1).strip() for m in re.finditer(r'TICKLABEL\s+\d+,"([^"]*)"', text))
     return Bands(
         efermi_ha=_dat_efermi(text),
@@ -270,17 +275,7 @@ def parse_band_dat(text: str) -> Bands:
 def parse_doss_dat(text: str) -> Dos:
     """A DOSS.DAT text: ``# NEPTS n NPROJ m NSPIN s`` then rows of energy and m densities."""
     npts, nproj, nspin = (_dat_header(text, k) for k in ("NEPTS", "NPROJ", "NSPIN"))
-    blocks = _dat_rows(text)
-    if len(blocks) != nspin:
-        raise Fort25Error(f"DOSS.DAT says NSPIN {nspin} but holds {len(blocks)} spin blocks")
-    arrays = []
-    for block in blocks:
-        arr = np.array(block, dtype=float)
-        if arr.shape != (npts, nproj + 1):
-            raise Fort25Error(
-                f"DOSS.DAT expects {npts} rows of {nproj + 1} numbers, got {arr.shape}"
-            )
-        arrays.append(arr)
+    arrays = _dat_spin_arrays(text, "DOSS.DAT", nspin, npts, nproj + 1)
     return Dos(
         efermi_ha=_dat_efermi(text),
         energies=arrays[0][:, 0],
