@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eventflow.codes.slurm import PATTERNS, PLUGIN, find_messages, kind_from_state, parse
-from eventflow.core.kinds import ERROR_KINDS
+from eventflow.codes.slurm import PATTERNS, PLUGIN, find_messages, parse
+from eventflow.core.kinds import ERROR_KINDS, kind_from_scheduler_state
 
 from .conftest import assert_parsed_as_truth, corpus_file, truth_rows
 
@@ -119,10 +119,11 @@ def test_every_pattern_names_a_known_kind_and_is_tested_on_real_text() -> None:
         ("TIMEOUT", "walltime"), ("OUT_OF_MEMORY", "out_of_memory"), ("NODE_FAIL", "node_failure"),
         ("CANCELLED", "cancelled"), ("CANCELLED by 0", "cancelled"), ("CANCELLED+", "cancelled"),
         ("BOOT_FAIL", "node_failure"), ("DEADLINE", "walltime"), ("PREEMPTED", "cancelled"),
+        ("OUT_OF_ME+", "out_of_memory"),
         ("COMPLETED", None), ("FAILED", None), ("RUNNING", None), ("PENDING", None), ("", None),
     ],
 )
-def test_kind_from_state(state: str, kind: str | None) -> None:
+def test_kind_from_scheduler_state(state: str, kind: str | None) -> None:
     """States as scontrol printed them for the captured jobs (tests/data/slurm/scontrol_*.txt)
     and as sacct prints them ('CANCELLED by <uid>', a '+' when truncated), per sacct(1)."""
-    assert kind_from_state(state) == kind
+    assert kind_from_scheduler_state(state) == kind

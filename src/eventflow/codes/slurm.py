@@ -105,35 +105,7 @@ KIND_PRIORITY: tuple[str, ...] = (
     ErrorKind.CANCELLED.value,
 )
 
-# SLURM job states -> the error kind they mean (None: the state itself says nothing about a
-# failure, or the DFT code's output has to decide, as for FAILED).
-STATE_KINDS: dict[str, str | None] = {
-    "TIMEOUT": ErrorKind.WALLTIME.value,
-    "DEADLINE": ErrorKind.WALLTIME.value,
-    "OUT_OF_MEMORY": ErrorKind.OUT_OF_MEMORY.value,
-    "NODE_FAIL": ErrorKind.NODE_FAILURE.value,
-    "BOOT_FAIL": ErrorKind.NODE_FAILURE.value,
-    "CANCELLED": ErrorKind.CANCELLED.value,
-    "PREEMPTED": ErrorKind.CANCELLED.value,
-    "REVOKED": ErrorKind.CANCELLED.value,
-    "COMPLETED": None,
-    "FAILED": None,
-    "PENDING": None,
-    "RUNNING": None,
-}
-
 _DETECT = re.compile(r"slurmstepd(?:-[^:\s]+)?: error:|=>> PBS: |\bsrun: error:")
-
-
-def kind_from_state(state: str | None) -> str | None:
-    """The error kind a SLURM job state means ('TIMEOUT' -> walltime), None if it means none.
-
-    Accepts the forms sacct and scontrol print: 'CANCELLED by 1000', 'CANCELLED+'.
-    """
-    if not state:
-        return None
-    word = state.strip().split(" ")[0].rstrip("+").upper()
-    return STATE_KINDS.get(word)
 
 
 def _segments(text: str) -> list[tuple[int, str]]:

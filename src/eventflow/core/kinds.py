@@ -45,3 +45,34 @@ def check_kind(kind: str) -> str:
     if kind not in ERROR_KINDS:
         raise ValueError(f"unknown error kind {kind!r}; known: {', '.join(sorted(ERROR_KINDS))}")
     return kind
+
+# Scheduler job states (SLURM's, as squeue, scontrol and sacct print them) -> the error kind
+# they mean. None: the state says nothing about a failure, or the DFT code's output has to
+# decide, as for FAILED. Defined here, not with the SLURM parser, because the recovery policy
+# reads it too (a lost job's scheduler state).
+SCHEDULER_STATE_KINDS: dict[str, str | None] = {
+    "TIMEOUT": ErrorKind.WALLTIME.value,
+    "DEADLINE": ErrorKind.WALLTIME.value,
+    "OUT_OF_MEMORY": ErrorKind.OUT_OF_MEMORY.value,
+    "OUT_OF_ME": ErrorKind.OUT_OF_MEMORY.value,  # sacct's default column cuts it: OUT_OF_ME+
+    "NODE_FAIL": ErrorKind.NODE_FAILURE.value,
+    "BOOT_FAIL": ErrorKind.NODE_FAILURE.value,
+    "CANCELLED": ErrorKind.CANCELLED.value,
+    "PREEMPTED": ErrorKind.CANCELLED.value,
+    "REVOKED": ErrorKind.CANCELLED.value,
+    "COMPLETED": None,
+    "FAILED": None,
+    "PENDING": None,
+    "RUNNING": None,
+}
+
+
+def kind_from_scheduler_state(state: str | None) -> str | None:
+    """The error kind a job state means ('TIMEOUT' -> walltime), None if it means none.
+
+    Accepts the forms sacct and scontrol print: 'CANCELLED by 1000', 'CANCELLED+'.
+    """
+    if not state:
+        return None
+    word = state.strip().split(" ")[0].rstrip("+").upper()
+    return SCHEDULER_STATE_KINDS.get(word)

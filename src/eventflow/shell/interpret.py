@@ -14,8 +14,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from eventflow.codes.slurm import kind_from_state
 from eventflow.core import events as ev
+from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.shell.jobs import open_nonblocking
 from eventflow.shell.project import Project
@@ -173,7 +173,7 @@ def classify_lost(
     kind = None
     slurm = plugins.get("slurm")
     if slurm is not None and sched_state:
-        kind = kind_from_state(sched_state)
+        kind = kind_from_scheduler_state(sched_state)
         evidence.append(f"scheduler state {sched_state}")
     folder = project.root / calc.directory
     if slurm is not None and calc.job_id:

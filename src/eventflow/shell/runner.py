@@ -23,8 +23,8 @@ from typing import Any
 
 import attrs
 
-from eventflow.codes.slurm import kind_from_state
 from eventflow.core import events as ev
+from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.errors import EventflowError, IllegalTransition
@@ -177,7 +177,7 @@ class Runner:
         sched_state = info.state if info is not None else None
         if sched_state in ACTIVE_SCHEDULER_STATES and _age(record_path) < VERDICT_WAIT_S:
             return True, None
-        return False, kind_from_state(sched_state) if sched_state else None
+        return False, kind_from_scheduler_state(sched_state) if sched_state else None
 
     def _cleanup(self, state: MaterialState, calc: CalcState) -> None:
         """Remove the configured scratch of a succeeded step (recorded first; idempotent)."""

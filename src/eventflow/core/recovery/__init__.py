@@ -15,7 +15,7 @@ from eventflow.core.recovery import units
 from eventflow.core.recovery.model import Caps, CodeRules, RecoveryConfig, Rule, Stage
 from eventflow.core.recovery.parse import KNOWN_CODES, parse_recovery
 from eventflow.core.recovery.plan import TRANSIENT_RESOURCES, recoveries_used, stage_tries
-from eventflow.core.recovery.recover import SCHEDULER_STATE_KINDS, due, error_kind, recover
+from eventflow.core.recovery.recover import due, error_kind, recover
 from eventflow.core.recovery.throttle import is_recovery_attempt, recovery_slots
 from eventflow.core.yamltext import load_with_lines, merge, merge_lines
 
@@ -47,7 +47,6 @@ def load_recovery_texts(default_text: str, user_text: str | None, *,
 
 __all__ = [
     "KNOWN_CODES",
-    "SCHEDULER_STATE_KINDS",
     "TRANSIENT_RESOURCES",
     "Caps",
     "CodeRules",

@@ -12,21 +12,11 @@ from typing import Any
 
 from eventflow.core import commands as cmd
 from eventflow.core import events as ev
-from eventflow.core.kinds import ERROR_KINDS
+from eventflow.core.kinds import ERROR_KINDS, kind_from_scheduler_state
 from eventflow.core.policy import QUIET_STATES, advance
 from eventflow.core.recovery import units
 from eventflow.core.recovery.plan import Plan, next_plan, recoveries_used
 
-# What `sacct` says about a job that left without an output verdict, as an error kind.
-SCHEDULER_STATE_KINDS = {
-    "TIMEOUT": "walltime",
-    "DEADLINE": "walltime",
-    "OUT_OF_MEMORY": "out_of_memory",
-    "OUT_OF_ME+": "out_of_memory",  # sacct's truncated column
-    "NODE_FAIL": "node_failure",
-    "BOOT_FAIL": "node_failure",
-    "CANCELLED": "cancelled",
-}
 # Material states in which the policy leaves the material alone (a human decides).
 HANDS_OFF = (*QUIET_STATES, "needs_attention")
 
@@ -36,8 +26,7 @@ def error_kind(calc: Any, rec: ev.Recorded | None = None) -> str | None:
     if calc.error_kind in ERROR_KINDS:
         return calc.error_kind
     if rec is not None and isinstance(rec.event, ev.JobLost) and rec.event.scheduler_state:
-        state = rec.event.scheduler_state.split()[0].upper()
-        return SCHEDULER_STATE_KINDS.get(state)
+        return kind_from_scheduler_state(rec.event.scheduler_state)
     return None
 
 
