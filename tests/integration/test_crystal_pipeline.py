@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import yaml
-from ase import Atoms
 from ase.build import bulk
 from ase.io import write
 
@@ -31,7 +30,8 @@ from eventflow.codes.crystal import PLUGIN, d12
 from eventflow.codes.crystal import deck as deckmod
 from eventflow.codes.crystal.corrections import scf_keywords_summary
 from tests.corpus.conftest import corpus_file, truth_rows
-from tests.integration.test_exactly_once import eventflow, slurm_project, unique
+from tests.integration.helpers import eventflow, slurm_project, unique
+from tests.structures import nio_afm
 
 pytestmark = pytest.mark.slurm
 
@@ -163,15 +163,6 @@ def test_mgo_opt_sp_band_dos_through_slurm(tmp_path: Path, need_slurm: None) -> 
     assert (dos_folder / "INPUT").read_text().startswith("NEWK\n")
 
 
-def _nio_afm() -> Atoms:
-    """NiO in the antiferromagnetic P4/mmm cell of the corpus run (its output's geometry)."""
-    atoms = Atoms("Ni2O2", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0, 0, 0.5],
-                                             [0.5, 0.5, 0]],
-                  cell=[2.94439264, 2.94439264, 4.164], pbc=True)
-    atoms.set_initial_magnetic_moments([1, -1, 0, 0])
-    return atoms
-
-
 def test_nio_scf_too_many_cycles_is_recovered_with_more_cycles_and_guessp(
     tmp_path: Path, need_slurm: None
 ) -> None:
@@ -185,7 +176,7 @@ def test_nio_scf_too_many_cycles_is_recovered_with_more_cycles_and_guessp(
     ]
     project = crystal_project(tmp_path, rules)
     structure = tmp_path / "NiO.xyz"
-    write(structure, _nio_afm(), format="extxyz")
+    write(structure, nio_afm(), format="extxyz")
     mid = unique("nio")
     eventflow(project, "add", str(structure), "--id", mid, "--code", "crystal",
               "--workflow", "scf_only", "--set", "maxcycle=10")

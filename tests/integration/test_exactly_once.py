@@ -9,10 +9,8 @@ so these tests are about orchestration, not about a DFT program.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,54 +18,15 @@ import pytest
 from eventflow.shell.api import Tracker
 from eventflow.shell.jobs import job_name
 from eventflow.shell.scheduler import SlurmScheduler
+from tests.integration.helpers import SI, count, eventflow, slurm_project, unique, wait_for
 
-SI = Path(__file__).resolve().parents[1] / "data" / "structures" / "Si.cif"
 pytestmark = pytest.mark.slurm
-
-
-def eventflow(project: Path, *args: str, env: dict | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "eventflow.shell.cli", "--project", str(project),
-                           *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"eventflow {args} failed ({proc.returncode}): {proc.stderr}")
-    return proc
 
 
 def pid(project: Path) -> str:
     from eventflow.shell.project import Project
 
     return Project.at(project).project_id
-
-
-def unique(name: str) -> str:
-    """Job names must not collide with jobs of earlier runs that SLURM still remembers."""
-    return f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
-
-
-def slurm_project(tmp_path: Path) -> Path:
-    project = tmp_path / "proj"
-    Tracker.init(project).close()
-    (project / "config" / "cluster.yaml").write_text("executor: slurm\nmax_jobs: 100\n"
-                                                     "max_submit: 100\n")
-    return project
-
-
-def count(project: Path, type_: str, like: str = "%") -> int:
-    with Tracker.open(project) as t:
-        return t.store.db.execute(
-            "SELECT count(*) FROM events WHERE type = ? AND data LIKE ?", (type_, like)
-        ).fetchone()[0]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_ten_simultaneous_finishes_and_ten_watchers_give_ten_follow_ups(
@@ -89,10 +48,10 @@ def test_ten_simultaneous_finishes_and_ten_watchers_give_ten_follow_ups(
         infos = [slurm.find(job_name(pid(project), f"{m}/A/1")) for m in mids]
         return all(len(i) == 1 and i[0].state == "RUNNING" for i in infos)
 
-    wait_for(all_running, 120, "10 jobs running at once")
+    wait_for(all_running, "10 jobs running at once", 120)
     go.touch()  # all ten finish now
     wait_for(lambda: all((project / "calcs" / m / "A" / "1" / "eventflow-done.json").exists()
-                         for m in mids), 60, "10 completion records")
+                         for m in mids), "10 completion records", 60)
     watchers = [subprocess.Popen([sys.executable, "-m", "eventflow.shell.cli", "--project",
                                   str(project), "watch", "--once", "--quiet"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -134,7 +93,7 @@ def test_a_watcher_killed_in_the_submit_path_never_loses_or_doubles_a_job(
         assert calc.job_id == jobs[0].job_id
     assert count(project, "JobSubmitted") == 1
     wait_for(lambda: (project / "calcs" / mid / "SP" / "1" / "eventflow-done.json").exists(),
-             120, "the job to finish")
+             "the job to finish", 120)
     eventflow(project, "watch", "--once", "--quiet")
     status = json.loads(eventflow(project, "status", "--json").stdout)
     assert status["materials"][0]["state"] == "completed"
@@ -153,16 +112,16 @@ def test_scancel_and_a_failing_script_are_recorded_with_their_reasons(
     eventflow(project, "watch", "--once", "--quiet")
     slurm = SlurmScheduler()
     name = job_name(pid(project), f"{cancelme}/SP/1")
-    wait_for(lambda: [j.state for j in slurm.find(name)] == ["RUNNING"], 60, "the job to run")
+    wait_for(lambda: [j.state for j in slurm.find(name)] == ["RUNNING"], "the job to run", 60)
     # RUNNING comes before the job script has set its traps; the command's mark comes after.
-    wait_for(lambda: (project / "calcs" / cancelme / "SP" / "1" / "started").exists(), 60,
-             "the command to start")
+    wait_for(lambda: (project / "calcs" / cancelme / "SP" / "1" / "started").exists(),
+             "the command to start", 60)
     job = slurm.find(name)[0].job_id
     subprocess.run(["scancel", job], check=True)
     wait_for(lambda: (project / "calcs" / cancelme / "SP" / "1" / "eventflow-done.json")
              .exists() and (project / "calcs" / fails / "SP" / "1" / "eventflow-done.json")
-             .exists(), 60, "completion records")
-    wait_for(lambda: slurm.states([job])[job].state == "CANCELLED", 30, "CANCELLED")
+             .exists(), "completion records", 60)
+    wait_for(lambda: slurm.states([job])[job].state == "CANCELLED", "CANCELLED", 30)
     eventflow(project, "watch", "--once", "--quiet")
     with Tracker.open(project) as t:
         cancelled = t.state(cancelme).calcs[f"{cancelme}/SP/1"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from eventflow.codes.slurm import kind_from_state
 from eventflow.core.jobscript import RECORD_NAME, JobSpec, Resources
+from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.shell.scheduler import (
     LocalExecutor,
     SchedulerError,
@@ -74,7 +74,7 @@ def test_a_failing_job_is_failed_with_its_exit_code(tmp_path: Path,
     job_id = executor.submit(script, "ef-fail", job_dir)
     info = executor.wait(job_id, WAIT)
     assert (info.state, info.exit_code) == ("FAILED", 3)
-    assert kind_from_state(info.state) is None  # the program's output must say why
+    assert kind_from_scheduler_state(info.state) is None  # the program's output must say why
     assert read_record(job_dir)["exit_code"] == 3
 
 
@@ -97,7 +97,7 @@ def test_cancel_stops_the_job_and_the_record_says_so(tmp_path: Path,
     executor.cancel(job_id)
     info = executor.wait(job_id, WAIT)
     assert info.state == "CANCELLED"
-    assert kind_from_state(info.state) == "cancelled"
+    assert kind_from_scheduler_state(info.state) == "cancelled"
     record = read_record(job_dir)
     assert (record["reason"], record["signal"]) == ("terminated", signal.SIGTERM)
     executor.cancel(job_id)  # already over: nothing to do, no error
@@ -111,7 +111,7 @@ def test_the_time_limit_is_enforced_with_a_warning_first(tmp_path: Path,
     job_id = executor.submit(script, "ef-limit", job_dir)
     info = executor.wait(job_id, WAIT)
     assert info.state == "TIMEOUT"
-    assert kind_from_state(info.state) == "walltime"
+    assert kind_from_scheduler_state(info.state) == "walltime"
     record = read_record(job_dir)
     assert record["reason"] == "time_limit"
     assert record["signal"] == signal.SIGUSR1
@@ -174,7 +174,7 @@ def test_a_runner_killed_outright_is_reported_as_a_node_failure(
     os.killpg(record["pid"], signal.SIGKILL)  # the runner only: the script has its own group
     info = executor.wait(job_id, WAIT)
     assert info.state == "NODE_FAIL"
-    assert kind_from_state(info.state) == "node_failure"
+    assert kind_from_scheduler_state(info.state) == "node_failure"
     # Clean up: the orphaned script still answers TERM with its record.
     os.killpg(os.getpgid(int((job_dir / "pid").read_text())), signal.SIGTERM)
     _wait_for(job_dir / RECORD_NAME)

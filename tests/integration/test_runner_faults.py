@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -31,41 +30,24 @@ from eventflow.shell.jobs import job_name, read_completion
 from eventflow.shell.project import Project
 from eventflow.shell.scheduler import JobInfo, LocalExecutor, SlurmScheduler, parse_scontrol_jobs
 from eventflow.shell.watcher import run_once
-from tests.integration.helpers import unique, wait_for
+from tests.integration.helpers import (
+    CLI,
+    SI,
+    add,
+    eventflow,
+    make_project,
+    unique,
+    wait_for,
+    waiting_command,
+)
 
 TESTS = Path(__file__).resolve().parents[1]
-SI = TESTS / "data" / "structures" / "Si.cif"
 SLURM_DATA = TESTS / "data" / "slurm"
 WAIT = 240.0  # upper bound on any wait; never a timing assertion
-CLI = [sys.executable, "-m", "eventflow.shell.cli"]
 RECORD = "eventflow-done.json"
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def eventflow(project: Path, *args: str, check: bool = True, env: dict | None = None,
-              cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*CLI, "--project", str(project), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"eventflow {args} failed ({proc.returncode}): {proc.stderr}")
-    return proc
-
-
-def make_project(tmp_path: Path, executor: str, defaults: str = "") -> Path:
-    project = tmp_path / "proj"
-    Tracker.init(project).close()
-    (project / "config" / "cluster.yaml").write_text(
-        f"executor: {executor}\nmax_jobs: 100\nmax_submit: 100\n"
-        f"defaults: {{time: '00:10:00', mem: 200M{defaults}}}\n")
-    return project
-
-
-def add(project: Path, mid: str, command: list[str], workflow: str = "single") -> None:
-    with Tracker.open(project) as t:
-        t.create_material(SI, material_id=mid, workflow=workflow, code="noop",
-                          params={"command": command})
 
 
 def events(project: Path, type_: str, mid: str | None = None) -> list:
@@ -89,9 +71,18 @@ def calc(project: Path, mid: str, cid: str):  # noqa: ANN201 - a CalcState
         return t.state(mid).calcs[cid]
 
 
-def waiting_command() -> list[str]:
-    """Says it started (a file in its job folder), then runs until `go` appears there."""
-    return ["bash", "-c", "touch started; while [ ! -e go ]; do sleep 0.1; done"]
+def _running_job(tmp_path: Path, projects: list[Path], executor: str,
+                 label: str) -> tuple[Path, str, Path]:
+    """A project with one material whose SP job is running (it waits for ``go``): the
+    project, the material and the job's folder."""
+    project = make_project(tmp_path, executor)
+    projects.append(project)
+    mid = unique(label)
+    add(project, mid, waiting_command())
+    eventflow(project, "watch", "--once", "--quiet")
+    job_dir = project / "calcs" / mid / "SP" / "1"
+    wait_for(lambda: (job_dir / "started").exists(), "the job to start")
+    return project, mid, job_dir
 
 
 def parse_time(text: str) -> datetime:
@@ -139,13 +130,7 @@ def test_a_half_written_record_is_ignored_until_it_is_complete(
 ) -> None:
     """A writer that does not write-then-rename (or NFS showing a file mid-write): half the
     JSON must be read as 'not there yet', never as a finished job nor as a lost one."""
-    project = make_project(tmp_path, executor)
-    projects.append(project)
-    mid = unique("half")
-    add(project, mid, waiting_command())
-    eventflow(project, "watch", "--once", "--quiet")
-    job_dir = project / "calcs" / mid / "SP" / "1"
-    wait_for(lambda: (job_dir / "started").exists(), "the job to start")
+    project, mid, job_dir = _running_job(tmp_path, projects, executor, "half")
     job_id = calc(project, mid, f"{mid}/SP/1").job_id
     whole = json.dumps({"job_id": job_id, "exit_code": 0, "signal": None, "reason": "completed",
                         "started_at": "2026-01-01T00:00:00Z",
@@ -228,13 +213,7 @@ def test_reading_outputs_skips_what_would_block_and_bounds_what_is_huge(tmp_path
 def test_a_record_path_taken_by_something_else_is_ignored_until_the_job_writes(
     tmp_path: Path, projects: list[Path], executor: str, odd: str
 ) -> None:
-    project = make_project(tmp_path, executor)
-    projects.append(project)
-    mid = unique(f"record-{odd}")
-    add(project, mid, waiting_command())
-    eventflow(project, "watch", "--once", "--quiet")
-    job_dir = project / "calcs" / mid / "SP" / "1"
-    wait_for(lambda: (job_dir / "started").exists(), "the job to start")
+    project, mid, job_dir = _running_job(tmp_path, projects, executor, f"record-{odd}")
     if odd == "fifo":
         os.mkfifo(job_dir / RECORD)
     else:
@@ -485,13 +464,7 @@ def test_a_job_that_vanishes_without_a_record_is_lost_never_left_running(
     executor = "local" if how.startswith("local") else "slurm"
     if executor == "slurm":
         request.getfixturevalue("need_slurm")
-    project = make_project(tmp_path, executor)
-    projects.append(project)
-    mid = unique("vanish")
-    add(project, mid, waiting_command())
-    eventflow(project, "watch", "--once", "--quiet")
-    job_dir = project / "calcs" / mid / "SP" / "1"
-    wait_for(lambda: (job_dir / "started").exists(), "the job to start")
+    project, mid, job_dir = _running_job(tmp_path, projects, executor, "vanish")
     cid = f"{mid}/SP/1"
     job_id = calc(project, mid, cid).job_id
     if executor == "local":

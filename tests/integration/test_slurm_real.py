@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from eventflow.codes.slurm import kind_from_state
 from eventflow.codes.slurm import parse as parse_scheduler_log
 from eventflow.core.jobscript import RECORD_NAME, JobSpec, Resources
+from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.shell.scheduler import (
     JobInfo,
     SlurmScheduler,
@@ -105,7 +105,7 @@ def test_a_job_that_exits_3_is_failed_with_exit_code_3(slurm: SlurmScheduler,
     job_id, _, job_dir = _submit(slurm, tmp_path, "exit3", [["bash", "-c", "exit 3"]])
     info = _wait(slurm, job_id)
     assert (info.state, info.exit_code) == ("FAILED", 3)
-    assert kind_from_state(info.state) is None
+    assert kind_from_scheduler_state(info.state) is None
     record = read_record(job_dir)
     assert (record["exit_code"], record["reason"]) == (3, "command_failed")
 
@@ -120,7 +120,7 @@ def test_scancel_of_a_running_job_is_cancelled_with_a_record(slurm: SlurmSchedul
     slurm.cancel(job_id)
     info = _wait(slurm, job_id)
     assert info.state == "CANCELLED"
-    assert kind_from_state(info.state) == "cancelled"
+    assert kind_from_scheduler_state(info.state) == "cancelled"
     _wait_for(job_dir / RECORD_NAME)
     record = read_record(job_dir)
     assert (record["reason"], record["signal"]) == ("terminated", signal.SIGTERM)
@@ -138,7 +138,7 @@ def test_the_time_limit_leaves_a_record_through_the_usr1_trap(slurm: SlurmSchedu
         Resources(time="1", mem="200M", scratch_root=str(tmp_path / "scratch")))
     info = _wait(slurm, job_id)
     assert info.state == "TIMEOUT"
-    assert kind_from_state(info.state) == "walltime"
+    assert kind_from_scheduler_state(info.state) == "walltime"
     record = read_record(job_dir)
     assert record["reason"] == "time_limit"
     assert record["signal"] == signal.SIGUSR1
@@ -183,7 +183,7 @@ def test_a_job_over_its_memory_is_killed_and_recognised(slurm: SlurmScheduler,
     assert parsed.error_kind == "out_of_memory"
     if _memory_enforced_by_cgroup():
         assert info.state == "OUT_OF_MEMORY"
-        assert kind_from_state(info.state) == "out_of_memory"
+        assert kind_from_scheduler_state(info.state) == "out_of_memory"
         record = read_record(job_dir)  # the script outlives its OOM-killed program
         assert record["exit_code"] == 128 + signal.SIGKILL
     else:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +25,17 @@ from eventflow.shell.api import Tracker
 from eventflow.shell.project import Project
 from eventflow.shell.watcher import LOG_BACKUPS, LOG_MAX_BYTES, setup_logging
 from tests.integration import helpers
+from tests.integration.helpers import (
+    CLI,
+    SI,
+    add,
+    count,
+    eventflow,
+    make_project,
+    unique,
+    waiting_command,
+)
 
-SI = Path(__file__).resolve().parents[1] / "data" / "structures" / "Si.cif"
 WAIT = 120.0  # upper bound on any wait; never a timing assertion
 
 
@@ -36,41 +43,9 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) ->
     helpers.wait_for(predicate, what, timeout)
 
 
-CLI = [sys.executable, "-m", "eventflow.shell.cli"]
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def eventflow(project: Path, *args: str, check: bool = True,
-              timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*CLI, "--project", str(project), *args], capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"eventflow {args} failed ({proc.returncode}): {proc.stderr}")
-    return proc
-
-
-def make_project(tmp_path: Path, executor: str) -> Path:
-    project = tmp_path / "proj"
-    Tracker.init(project).close()
-    (project / "config" / "cluster.yaml").write_text(
-        f"executor: {executor}\nmax_jobs: 100\nmax_submit: 100\n"
-        "defaults: {time: '00:10:00', mem: 200M}\n")
-    return project
-
-
-def add(project: Path, mid: str, command: list[str], workflow: str = "single") -> None:
-    with Tracker.open(project) as t:
-        t.create_material(SI, material_id=mid, workflow=workflow, code="noop",
-                          params={"command": command})
-
-
-def count(project: Path, type_: str, like: str = "%") -> int:
-    with Tracker.open(project) as t:
-        return t.store.db.execute(
-            "SELECT count(*) FROM events WHERE type = ? AND data LIKE ?", (type_, like)
-        ).fetchone()[0]
 
 
 def operational_log(project: Path) -> Path:
@@ -79,16 +54,6 @@ def operational_log(project: Path) -> Path:
 
 def lock_file(project: Path) -> Path:
     return Project.at(project).lock_path
-
-
-def unique(name: str) -> str:
-    """SLURM remembers finished jobs for minutes: ids must differ between runs."""
-    return f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
-
-
-def waiting_command(job_go: str = "go") -> list[str]:
-    """Says it started (a file in its job folder), then runs until ``go`` appears there."""
-    return ["bash", "-c", f"touch started; while [ ! -e {job_go} ]; do sleep 0.1; done"]
 
 
 class Daemon:

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from ase import Atoms
 from ase.build import bulk
 from ase.io import write
 
@@ -33,6 +32,7 @@ from eventflow.shell.handoff import (
     structure_of,
 )
 from tests.corpus.conftest import corpus_file
+from tests.structures import nio_afm
 
 OMP = ("env", "OMP_NUM_THREADS=1")
 
@@ -121,14 +121,6 @@ def test_run_settings_are_the_shells_not_the_deck_writers() -> None:
     assert jobs.SHELL_PARAMS | set(jobs.CODE_RESOURCES) == d12.RUN_SETTINGS
 
 
-def _nio_afm() -> Atoms:
-    atoms = Atoms("Ni2O2", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0, 0, 0.5],
-                                             [0.5, 0.5, 0]],
-                  cell=[2.94439264, 2.94439264, 4.164], pbc=True)
-    atoms.set_initial_magnetic_moments([1, -1, 0, 0])
-    return atoms
-
-
 def test_sp_after_opt_gets_the_optimised_cell_and_keeps_the_spins(tmp_path: Path) -> None:
     """The real NiO AFM optimisation (c17_nio_afm_opt_resubmit_converged.out) prints its
     final cell but no spins; the SP deck gets that cell and the initial ATOMSPIN."""
@@ -138,7 +130,7 @@ def test_sp_after_opt_gets_the_optimised_cell_and_keeps_the_spins(tmp_path: Path
     folder.mkdir(parents=True)
     (folder / "crystal.out").write_bytes(real.read_bytes())
     initial = tmp_path / "structure.xyz"
-    write(initial, _nio_afm(), format="extxyz")
+    write(initial, nio_afm(), format="extxyz")
     opt = SimpleNamespace(directory="calcs/nio/OPT/1", step="OPT")
     project = SimpleNamespace(root=tmp_path)
     atoms = structure_of(project, CRYSTAL, None, opt, initial)  # type: ignore[arg-type]
@@ -184,7 +176,7 @@ def test_a_restart_copies_the_wave_function_to_fort20_with_its_checksum(tmp_path
 
     with Tracker.init(tmp_path / "proj") as tracker:
         structure = tmp_path / "NiO.xyz"
-        write(structure, _nio_afm(), format="extxyz")
+        write(structure, nio_afm(), format="extxyz")
         mid = tracker.create_material(structure, material_id="nio", workflow="scf_only",
                                       code="crystal", params={"maxcycle": 10})
         writer = jobs.JobWriter(tracker.project, tracker.policy)
