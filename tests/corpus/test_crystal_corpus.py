@@ -22,6 +22,7 @@ from tests.corpus.conftest import (
     assert_parsed_as_truth,
     corpus_file,
     corpus_files,
+    corpus_path,
     read_corpus,
     truth_rows,
 )
@@ -344,9 +345,7 @@ def test_whole_corpus_parses() -> None:
 def test_crlf_files_read_as_bytes_parse_like_the_truth(name: str) -> None:
     """These two files have CRLF line ends; read without newline translation they must
     give the same answer as TRUTH.tsv."""
-    path = corpus_file(name)
-    if path is None:
-        pytest.skip(f"{name} is neither bundled nor in the shared corpus")
+    path = corpus_path(name)
     raw = path.read_bytes().decode(errors="replace")
     assert "\r\n" in raw
     row = next(r for r in CRYSTAL_ROWS if r["file"] == name)

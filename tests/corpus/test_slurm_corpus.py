@@ -14,7 +14,7 @@ import pytest
 from eventflow.codes.slurm import PATTERNS, PLUGIN, find_messages, parse
 from eventflow.core.kinds import ERROR_KINDS, kind_from_scheduler_state
 
-from .conftest import assert_parsed_as_truth, corpus_file, truth_rows
+from .conftest import assert_parsed_as_truth, corpus_file, corpus_path, truth_rows
 
 CAPTURED = Path(__file__).resolve().parents[1] / "data" / "slurm"
 ROWS = truth_rows("slurm")
@@ -33,9 +33,7 @@ def test_the_corpus_has_its_slurm_rows() -> None:
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["file"] for r in ROWS])
 def test_corpus_logs_parse_as_truth_says(row: dict[str, str]) -> None:
-    path = corpus_file(row["file"])
-    if path is None:
-        pytest.skip(f"{row['file']} is only in the shared corpus, not here")
+    path = corpus_path(row["file"])
     text = _read(path)
     result = parse(text)
     assert_parsed_as_truth(result, row)
@@ -45,9 +43,7 @@ def test_corpus_logs_parse_as_truth_says(row: dict[str, str]) -> None:
 
 def test_the_tqdm_line_does_not_hide_the_time_limit() -> None:
     """TRUTH_NOTES: the slurmstepd message is glued with \\r onto one long tqdm line."""
-    path = corpus_file("slurm/slurm_stderr_time_limit_tqdm.e")
-    if path is None:
-        pytest.skip("shared corpus not here")
+    path = corpus_path("slurm/slurm_stderr_time_limit_tqdm.e")
     text = _read(path)
     assert "\r" in text
     found = find_messages(text)
@@ -56,16 +52,12 @@ def test_the_tqdm_line_does_not_hide_the_time_limit() -> None:
 
 
 def test_a_cancellation_is_not_a_time_limit() -> None:
-    path = corpus_file("slurm/slurm_stderr_user_cancelled.e")
-    if path is None:
-        pytest.skip("shared corpus not here")
+    path = corpus_path("slurm/slurm_stderr_user_cancelled.e")
     assert parse(_read(path)).error_kind == "cancelled"
 
 
 def test_every_cancelled_job_of_a_batch_is_found() -> None:
-    path = corpus_file("slurm/slurm_err_multi_job_cancelled.err")
-    if path is None:
-        pytest.skip("shared corpus not here")
+    path = corpus_path("slurm/slurm_err_multi_job_cancelled.err")
     result = parse(_read(path))
     assert len(result.errors) == 10
     assert {f.kind for f in result.errors} == {"cancelled"}

@@ -29,7 +29,7 @@ from ase.io import write
 from eventflow.codes.crystal import PLUGIN, d12
 from eventflow.codes.crystal import deck as deckmod
 from eventflow.codes.crystal.corrections import scf_keywords_summary
-from tests.corpus.conftest import corpus_file, truth_rows
+from tests.corpus.conftest import corpus_path, truth_rows
 from tests.integration.helpers import eventflow, slurm_project, unique
 from tests.structures import nio_afm
 
@@ -56,9 +56,7 @@ def truth(relative: str) -> dict[str, str]:
 
 
 def corpus_bytes(relative: str) -> bytes:
-    path = corpus_file(relative)
-    assert path is not None, relative
-    return path.read_bytes()
+    return corpus_path(relative).read_bytes()
 
 
 def crystal_project(tmp_path: Path, rules: list[dict[str, Any]],

@@ -27,7 +27,7 @@ from eventflow.shell.api import Tracker
 from eventflow.shell.import_plan import iso
 from eventflow.shell.importer import ImportOptions, run_import
 from tests.conftest import require
-from tests.corpus.conftest import corpus_file, truth_rows
+from tests.corpus.conftest import corpus_file, corpus_path, truth_rows
 
 SI = Path(__file__).resolve().parents[1] / "data" / "structures" / "Si.cif"
 CODES = ("crystal", "qe")
@@ -174,7 +174,7 @@ def test_a_changed_output_becomes_a_new_attempt(tree, tracker: Tracker) -> None:
     root, placed = tree
     failed = next(p for p, r in placed.items() if r["file"].endswith(
         "pw66_scf_convergence_NOT_achieved.out"))
-    good = corpus_file("qe/pw66_si_scf_converged.out")
+    good = corpus_path("qe/pw66_si_scf_converged.out")
     run_import(tracker, ImportOptions(root))
     before = imported(tracker)[failed]
     last = tracker.store.last_seq()
@@ -197,7 +197,7 @@ def test_corrupted_files_are_reported_and_skipped(tmp_path: Path, tracker: Track
     root = tmp_path / "messy"
     good = root / "Si_sp"
     good.mkdir(parents=True)
-    shutil.copy(corpus_file("qe/pw66_si_scf_converged.out"), good / "Si_sp.out")
+    shutil.copy(corpus_path("qe/pw66_si_scf_converged.out"), good / "Si_sp.out")
     junk = root / "junk_sp"
     junk.mkdir()
     (junk / "junk_sp.out").write_bytes(b"\x7fELF\x02\x01\x01\x00" + os.urandom(4096))
@@ -233,7 +233,7 @@ def test_a_copy_of_an_output_is_imported_once(tmp_path: Path, tracker: Tracker) 
     root = tmp_path / "runs"
     for folder in (root / "Si_sp", root / "backup" / "Si_sp"):
         folder.mkdir(parents=True)
-        shutil.copy(corpus_file("qe/pw66_si_scf_converged.out"), folder / "Si_sp.out")
+        shutil.copy(corpus_path("qe/pw66_si_scf_converged.out"), folder / "Si_sp.out")
     report = run_import(tracker, ImportOptions(root))
     assert [c.calculation_id for c in report.calculations] == ["Si/SP/1"]
     assert report.unchanged == 1
@@ -263,7 +263,7 @@ def test_unreadable_files_are_reported(tmp_path: Path) -> None:
         root.mkdir()
         root.chmod(0o755)
         out = root / "Si_sp.out"
-        shutil.copy(corpus_file("qe/pw66_si_scf_converged.out"), out)
+        shutil.copy(corpus_path("qe/pw66_si_scf_converged.out"), out)
         out.chmod(0)
         argv = [sys.executable, "-c", UNREADABLE, str(work / "proj"), str(root)]
         if os.geteuid() == 0:
@@ -309,7 +309,7 @@ def test_with_a_workflow_the_next_step_is_requested(tmp_path: Path, tracker: Tra
     --workflow full_characterization, SP is requested, from the relaxed structure."""
     root = tmp_path / "runs" / "Si_opt"
     root.mkdir(parents=True)
-    shutil.copy2(corpus_file("qe/pw66_relax_converged.out"), root / "Si_opt.out")
+    shutil.copy2(corpus_path("qe/pw66_relax_converged.out"), root / "Si_opt.out")
     report = run_import(tracker, ImportOptions(root.parent, workflow="full_characterization"))
     assert report.requested == ["Si/SP/1"]
     state = tracker.state("Si")
@@ -349,7 +349,7 @@ def test_a_running_job_is_attached_and_followed(tmp_path: Path, tracker: Tracker
     and an output that ends mid-SCF (a real one), and the job's slurm-<id>.out."""
     folder = tmp_path / "running" / "NaCl_sp"
     folder.mkdir(parents=True)
-    shutil.copy(corpus_file("qe/pw74_nacl_scf_truncated_mid_scf.out"), folder / "pw.out")
+    shutil.copy(corpus_path("qe/pw74_nacl_scf_truncated_mid_scf.out"), folder / "pw.out")
     job = subprocess.run(["sbatch", "--parsable", f"--chdir={folder}", "--output=slurm-%j.out",
                           "--job-name=eventflow-import-test", "--wrap", "sleep 300"],
                          capture_output=True, text=True, check=True).stdout.strip()

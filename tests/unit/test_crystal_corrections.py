@@ -18,7 +18,7 @@ from ase import Atoms
 from eventflow.codes.crystal import PLUGIN, corrections, d12
 from eventflow.codes.crystal import deck as deckmod
 from eventflow.codes.crystal.deck import DeckError
-from tests.corpus.conftest import corpus_file
+from tests.corpus.conftest import corpus_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:spglib")
 
@@ -28,10 +28,7 @@ OPT_DECKS = ["c17_fes_rocksalt_2x1_opt.d12", "c_mgo_opt_b3lyp_cryspytools.d12"]
 
 
 def _read(name: str) -> str:
-    path = corpus_file(f"crystal/{name}")
-    if path is None:
-        pytest.skip(f"{name} is neither bundled nor in the shared corpus")
-    return path.read_text()
+    return corpus_path(f"crystal/{name}").read_text()
 
 
 def _meaning(text: str) -> dict[str, Any]:

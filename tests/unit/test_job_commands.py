@@ -31,7 +31,7 @@ from eventflow.shell.handoff import (
     job_commands,
     structure_of,
 )
-from tests.corpus.conftest import corpus_file
+from tests.corpus.conftest import corpus_path
 from tests.structures import nio_afm
 
 OMP = ("env", "OMP_NUM_THREADS=1")
@@ -124,8 +124,7 @@ def test_run_settings_are_the_shells_not_the_deck_writers() -> None:
 def test_sp_after_opt_gets_the_optimised_cell_and_keeps_the_spins(tmp_path: Path) -> None:
     """The real NiO AFM optimisation (c17_nio_afm_opt_resubmit_converged.out) prints its
     final cell but no spins; the SP deck gets that cell and the initial ATOMSPIN."""
-    real = corpus_file("crystal/c17_nio_afm_opt_resubmit_converged.out")
-    assert real is not None
+    real = corpus_path("crystal/c17_nio_afm_opt_resubmit_converged.out")
     folder = tmp_path / "calcs" / "nio" / "OPT" / "1"
     folder.mkdir(parents=True)
     (folder / "crystal.out").write_bytes(real.read_bytes())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.corpus.conftest import corpus_file
+from tests.corpus.conftest import corpus_path
 
 STANDIN = Path(__file__).resolve().parents[1] / "standin" / "crystal"
 D12 = "crystal/c17_nio_afm_scf_TOO_MANY_CYCLES.d12"  # a real .d12 (EXTERNAL, UHF)
@@ -23,7 +23,7 @@ def run(folder: Path, rules: list[dict], deck: str | None, stdin: bool = True
         ) -> subprocess.CompletedProcess:
     table = folder / "table.json"
     table.write_text(json.dumps({"rules": rules}))
-    path = corpus_file(deck) if deck else None
+    path = corpus_path(deck) if deck else None
     text = path.read_text() if path else ""
     if not stdin:
         (folder / "INPUT").write_text(text)
@@ -34,9 +34,7 @@ def run(folder: Path, rules: list[dict], deck: str | None, stdin: bool = True
 
 
 def corpus_bytes(relative: str) -> bytes:
-    path = corpus_file(relative)
-    assert path is not None
-    return path.read_bytes()
+    return corpus_path(relative).read_bytes()
 
 
 @pytest.mark.parametrize(("output", "code"), [
