@@ -76,43 +76,28 @@ def properties_table(tracker: Tracker) -> Any:
 
 
 def plots(tracker: Tracker, out: Path) -> list[Path]:
-    import matplotlib
+    """One PNG per material with a BAND step: labelled bands beside the DOS, zero at VBM/E_F."""
+    from eventflow.codes.qe.bandplot import band_plot
+    from eventflow.shell.bandfigure import draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from eventflow.codes.qe import postproc
-
-    out.mkdir(exist_ok=True)
     written = []
     root = tracker.project.root
     for row in tracker.projections.materials():
         calcs = {c["step"]: c for c in tracker.projections.calculations(row["id"])
                  if c["state"] == "completed"}
         band, dos = calcs.get("BAND"), calcs.get("DOS")
-        if band is None and dos is None:
+        if band is None:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4), gridspec_kw={"width_ratios": [2, 1]})
-        fermi = None
-        if dos is not None:
-            points, fermi = postproc.read_dos((root / dos["directory"] / "dos.dat").read_text())
-            axes[1].plot([d for _, d in points], [e for e, _ in points], color="k", lw=0.8)
-            axes[1].set_xlabel("DOS (states/eV)")
-        if band is not None:
-            for b in postproc.read_bands_gnu(
-                    (root / band["directory"] / "bands.dat.gnu").read_text()):
-                axes[0].plot([k for k, _ in b], [e for _, e in b], color="tab:blue", lw=0.8)
-            axes[0].set_xlabel("k (path length)")
-        for ax in axes:
-            if fermi is not None:
-                ax.axhline(fermi, color="tab:red", ls="--", lw=0.7)
-        axes[0].set_ylabel("E (eV)")
-        fig.suptitle(f"{row['id']} ({row['formula']}): bands and DOS, pw.x")
-        fig.tight_layout()
-        path = out / f"{row['id']}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        folder = root / band["directory"]
+        fermi = {p["name"]: p["value"] for p in tracker.projections.properties(row["id"])
+                 if p["calculation_id"] == (calcs.get("SP") or {}).get("id")
+                 }.get("fermi_energy_ev")
+        dos_text = (root / dos["directory"] / "dos.dat").read_text() if dos else None
+        plot = band_plot((folder / "pw.in").read_text(), (folder / "pw.out").read_text(),
+                         (folder / "bands.dat.gnu").read_text(), fermi_ev=fermi,
+                         dos_dat=dos_text)
+        title = f"{row['id']} ({row['formula']}): bands and DOS, pw.x"
+        written.append(draw(plot, title, out / f"{row['id']}.png"))
     return written
 
 

@@ -1,0 +1,79 @@
+"""Draw a BandPlot (codes/bandplot.py) with matplotlib: bands beside the DOS on one energy axis.
+
+All the physics (labels, jumps, the zero, the gap) is decided in the pure layer; this module
+only draws it into a PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eventflow.codes.bandplot import BandPlot
+
+# Energies shown around the zero (eV): the valence bands and the bottom of the conduction bands.
+WINDOW = (-12.0, 8.0)
+
+
+def draw(plot: BandPlot, title: str, path: Path, window: tuple[float, float] = WINDOW) -> Path:
+    """Write the figure to ``path`` (PNG) and return it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_dos = plot.dos is not None
+    fig, axes = plt.subplots(1, 2 if has_dos else 1, figsize=(9 if has_dos else 6.5, 4.8),
+                             sharey=True, squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1] if has_dos else [1]})
+    ax = axes[0][0]
+    colors = ("tab:blue", "tab:orange")
+    for k, energies in plot.pieces:
+        for spin in range(energies.shape[0]):
+            ax.plot(k, energies[spin], color=colors[spin % 2], lw=0.9)
+    first = plot.pieces[0][0][0]
+    last = plot.pieces[-1][0][-1]
+    ax.set_xlim(first, last)
+    ax.set_xticks([t.position for t in plot.ticks], [t.label for t in plot.ticks])
+    for t in plot.ticks:
+        ax.axvline(t.position, color="0.6", lw=0.6)
+    zero_name = "E_F" if plot.reference == "E_F" else "VBM"
+    ax.axhline(0.0, color="tab:red", ls="--", lw=0.8)
+    ax.set_ylabel(f"E − {zero_name} (eV)")
+    ax.set_ylim(*window)
+    if plot.gap is not None:
+        (kv, ev), (kc, ec) = plot.gap.vbm, plot.gap.cbm
+        ax.plot([kv], [ev], "o", color="tab:green", ms=5)
+        ax.plot([kc], [ec], "o", color="tab:purple", ms=5)
+        ax.annotate("", xy=(kc, ec), xytext=(kv, ev),
+                    arrowprops={"arrowstyle": "->", "color": "tab:green", "lw": 1.0})
+        kind = "direct" if plot.gap.direct else "indirect"
+        ax.text(0.02, 0.97, f"E_g = {plot.gap.value_ev:.3f} eV ({kind})",
+                transform=ax.transAxes, va="top", fontsize=9,
+                bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9})
+    else:
+        ax.text(0.02, 0.97, "metal: zero at the Fermi level", transform=ax.transAxes,
+                va="top", fontsize=9,
+                bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9})
+    if has_dos:
+        assert plot.dos is not None
+        dax = axes[0][1]
+        energies, curves = plot.dos
+        for i, curve in enumerate(curves):
+            label = plot.dos_labels[i] if i < len(plot.dos_labels) else None
+            dax.plot(curve, energies, lw=0.8, label=label,
+                     color="k" if len(curves) == 1 else None)
+        dax.axhline(0.0, color="tab:red", ls="--", lw=0.8)
+        dax.axvline(0.0, color="0.6", lw=0.5)
+        shown = (energies >= window[0]) & (energies <= window[1])
+        if shown.any():
+            low, high = float(curves[:, shown].min()), float(curves[:, shown].max())
+            dax.set_xlim(min(0.0, low) * 1.05, max(high, 1e-9) * 1.05)
+        dax.set_xlabel("DOS (states/eV)")
+        if len(curves) > 1:
+            dax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
