@@ -25,6 +25,8 @@ from eventflow.shell.watcher import _scheduler_for, setup_logging
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 DONE = ("completed", "needs_attention", "cancelled")
+STEPS = ("OPT", "SP", "BAND", "DOS")
+DECIMALS = 4
 SHOWN = ("total_energy_ev", "energy_per_atom_ev", "band_gap_ev", "direct_gap_ev",
          "fermi_energy_ev", "a_ang", "volume_ang3", "pressure_kbar")
 
@@ -40,39 +42,46 @@ def add_materials(tracker: Tracker, examples: Path) -> list[str]:
     return ids
 
 
-def table(tracker: Tracker, started: float) -> Any:
-    from rich.table import Table
+def table(tracker: Tracker, started: float, width: int = 80) -> Any:
+    """The live progress table: each material's state and each step's attempts."""
+    from eventflow.shell.tables import Column, fitted
 
-    rows = tracker.projections.materials()
+    rows = []
     calcs = tracker.projections.calculations()
-    t = Table(title=f"eventflow main job - {time.monotonic() - started:.0f} s")
-    for col in ("material", "state", "OPT", "SP", "BAND", "DOS", "note"):
-        t.add_column(col)
-    for row in rows:
+    for row in tracker.projections.materials():
         cells = []
-        for step in ("OPT", "SP", "BAND", "DOS"):
+        for step in STEPS:
             mine = [c for c in calcs if c["material_id"] == row["id"] and c["step"] == step]
             cells.append(" ".join(
                 f"{c['state']}" + (f"({c['error_kind']})" if c["error_kind"] else "")
                 for c in mine) or "-")
-        t.add_row(row["id"], row["state"], *cells, (row["reason"] or "")[:50])
-    return t
+        rows.append([row["id"], row["state"], *cells, row["reason"] or ""])
+    columns = [Column("material"), Column("state"), *(Column(s, text=True) for s in STEPS),
+               Column("note", text=True, optional=True)]
+    return fitted(f"eventflow main job - {time.monotonic() - started:.0f} s", columns, rows,
+                  width)
 
 
-def properties_table(tracker: Tracker) -> Any:
-    from rich.table import Table
+def properties_table(tracker: Tracker, width: int = 80) -> Any:
+    """The latest value of each shown property, one row per property, units in the names."""
+    from eventflow.shell.tables import Column, fitted, with_unit
 
-    t = Table(title="properties (latest value per material)")
-    t.add_column("material")
-    for name in SHOWN:
-        t.add_column(name)
-    for row in tracker.projections.materials():
-        latest: dict[str, Any] = {}
-        for p in tracker.projections.properties(row["id"]):
-            latest[p["name"]] = p["value"]
-        t.add_row(row["id"], *(f"{latest[n]:.4f}" if isinstance(latest.get(n), float)
-                               else str(latest.get(n, "")) for n in SHOWN))
-    return t
+    materials = [row["id"] for row in tracker.projections.materials()]
+    latest: dict[str, dict[str, Any]] = {m: {} for m in materials}
+    for m in materials:
+        for p in tracker.projections.properties(m):
+            latest[m][p["name"]] = p["value"]
+    rows = [[with_unit(name), *(_shown(latest[m].get(name)) for m in materials)]
+            for name in SHOWN]
+    columns = [Column("property"), *(Column(m) for m in materials)]
+    return fitted(f"properties (latest value; floats to {DECIMALS} decimals)", columns, rows,
+                  width)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.{DECIMALS}f}"
+    return "-" if value is None else str(value)
 
 
 def plots(tracker: Tracker, out: Path) -> list[Path]:
@@ -107,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="give up after (s)")
     args = parser.parse_args(argv)
     from rich.console import Console
-    from rich.live import Live
+
+    from eventflow.shell.tables import live
 
     console = Console()
     try:
@@ -119,17 +129,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"{tracker.project.root}\n{why}")
         runner = Runner(tracker, scheduler)
         started = time.monotonic()
-        with Live(table(tracker, started), console=console, refresh_per_second=2) as live:
+        with live(console, table(tracker, started, console.width),
+                  refresh_per_second=2) as display:
             while True:
                 runner.cycle()
-                live.update(table(tracker, started))
+                display.update(table(tracker, started, console.width))
                 states = [m["state"] for m in tracker.projections.materials()]
                 if all(s in DONE for s in states):
                     break
                 if time.monotonic() - started > args.timeout:
                     raise EventflowError(f"not finished after {args.timeout:.0f} s")
                 time.sleep(1.0)
-        console.print(properties_table(tracker))
+        console.print(properties_table(tracker, console.width))
         for path in plots(tracker, tracker.project.root / "plots"):
             console.print(f"plot: {path}")
         for m in tracker.projections.materials():
