@@ -64,13 +64,19 @@ def table(tracker: Tracker, started: float, width: int = 80) -> Any:
 
 def properties_table(tracker: Tracker, width: int = 80) -> Any:
     """The latest value of each shown property, one row per property, units in the names."""
+
+    latest: dict[str, dict[str, Any]] = {}
+    for row in tracker.projections.materials():
+        latest[row["id"]] = {p["name"]: p["value"]
+                             for p in tracker.projections.properties(row["id"])}
+    return properties_rows(latest, width)
+
+
+def properties_rows(latest: dict[str, dict[str, Any]], width: int = 80) -> Any:
+    """``latest[material][property]`` as a table of the SHOWN properties, never cut."""
     from eventflow.shell.tables import Column, fitted, with_unit
 
-    materials = [row["id"] for row in tracker.projections.materials()]
-    latest: dict[str, dict[str, Any]] = {m: {} for m in materials}
-    for m in materials:
-        for p in tracker.projections.properties(m):
-            latest[m][p["name"]] = p["value"]
+    materials = list(latest)
     rows = [[with_unit(name), *(_shown(latest[m].get(name)) for m in materials)]
             for name in SHOWN]
     columns = [Column("property"), *(Column(m) for m in materials)]
