@@ -11,6 +11,7 @@ import pytest
 
 from eventflow.shell.api import Tracker
 from eventflow.shell.demo import plots
+from tests.integration.helpers import eventflow
 from tests.integration.test_qe_workflow import project_at, watch_until_settled
 
 STRUCTURES = Path(__file__).resolve().parents[1] / "data" / "structures"
@@ -62,5 +63,15 @@ def test_si_and_pb_band_plots_are_labelled_and_zeroed(
         jump = next(tick.position for tick in pb.ticks if tick.label == "K|U")
         assert all(not (k[0] < jump - 1e-9 and k[-1] > jump + 1e-9) for k, _ in pb.pieces)
         written = plots(t, tmp_path / "plots")
+        values = {m: [repr(p["value"]) for p in t.projections.properties(m)
+                      if isinstance(p["value"], float)] for m in ("Si", "Pb")}
     assert sorted(p.name for p in written) == ["Pb.png", "Si.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
+    # The same real project's tables, printed into a pipe at 80 columns: every digit there.
+    env = {"COLUMNS": "80"}
+    for material in ("Si", "Pb"):
+        shown = eventflow(project, "show", material, env=env).stdout
+        assert "…" not in shown and values[material]
+        assert all(v in shown for v in values[material]), shown
+    status = eventflow(project, "status", env=env).stdout
+    assert "…" not in status and max(len(line) for line in status.splitlines()) <= 80
