@@ -7,8 +7,10 @@ only draws it into a PNG.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from eventflow.codes.bandplot import BandPlot
+from eventflow.errors import EventflowError
 
 # Energies shown around the zero (eV): the valence bands and the bottom of the conduction bands.
 WINDOW = (-12.0, 8.0)
@@ -27,13 +29,20 @@ def draw(plot: BandPlot, title: str, path: Path, window: tuple[float, float] = W
                              gridspec_kw={"width_ratios": [3, 1] if has_dos else [1]})
     ax = axes[0][0]
     colors = ("tab:blue", "tab:orange")
-    for k, energies in plot.pieces:
+    for n, (k, energies) in enumerate(plot.pieces):
         for spin in range(energies.shape[0]):
-            ax.plot(k, energies[spin], color=colors[spin % 2], lw=0.9)
+            lines = ax.plot(k, energies[spin], color=colors[spin % 2], lw=0.9,
+                            ls="-" if spin == 0 else "--")
+            if n == 0 and energies.shape[0] == 2:
+                lines[0].set_label("spin α" if spin == 0 else "spin β")
+    if plot.pieces[0][1].shape[0] == 2:
+        ax.legend(fontsize=8, loc="upper right")
     first = plot.pieces[0][0][0]
     last = plot.pieces[-1][0][-1]
     ax.set_xlim(first, last)
-    ax.set_xticks([t.position for t in plot.ticks], [t.label for t in plot.ticks])
+    long_labels = any(len(t.label) > 3 for t in plot.ticks)
+    ax.set_xticks([t.position for t in plot.ticks], [t.label for t in plot.ticks],
+                  rotation=30 if long_labels else 0, ha="right" if long_labels else "center")
     for t in plot.ticks:
         ax.axvline(t.position, color="0.6", lw=0.6)
     zero_name = "E_F" if plot.reference == "E_F" else "VBM"
@@ -77,3 +86,30 @@ def draw(plot: BandPlot, title: str, path: Path, window: tuple[float, float] = W
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def material_figure(tracker: Any, material_id: str, out: Path,
+                    window: tuple[float, float] = WINDOW) -> Path | None:
+    """``out/<material>.png`` from the material's completed QE BAND (and DOS) step, if any."""
+    from eventflow.codes.qe.bandplot import BandPlotError, band_plot
+
+    calcs = {c["step"]: c for c in tracker.projections.calculations(material_id)
+             if c["state"] == "completed"}
+    band, dos, sp = calcs.get("BAND"), calcs.get("DOS"), calcs.get("SP")
+    if band is None:
+        return None
+    root = tracker.project.root
+    folder = root / band["directory"]
+    fermi = next((p["value"] for p in tracker.projections.properties(material_id)
+                  if sp is not None and p["calculation_id"] == sp["id"]
+                  and p["name"] == "fermi_energy_ev"), None)
+    try:
+        dos_text = (root / dos["directory"] / "dos.dat").read_text() if dos else None
+        plot = band_plot((folder / "pw.in").read_text(), (folder / "pw.out").read_text(),
+                         (folder / "bands.dat.gnu").read_text(), fermi_ev=fermi,
+                         dos_dat=dos_text)
+    except (OSError, BandPlotError, ValueError) as exc:
+        raise EventflowError(f"{folder}: cannot plot the bands of {material_id}: {exc}") from exc
+    material = tracker.projections.material(material_id) or {}
+    title = f"{material_id} ({material.get('formula') or '?'}): bands and DOS, pw.x"
+    return draw(plot, title, out / f"{material_id}.png", window)

@@ -573,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventflow.shell import cli_io  # import, properties, export-structures
 
     cli_io.register(sub)
+    from eventflow.shell import cli_plot  # plot
+
+    cli_plot.register(sub)
     return parser
 
 

@@ -92,28 +92,11 @@ def _shown(value: Any) -> str:
 
 def plots(tracker: Tracker, out: Path) -> list[Path]:
     """One PNG per material with a BAND step: labelled bands beside the DOS, zero at VBM/E_F."""
-    from eventflow.codes.qe.bandplot import band_plot
-    from eventflow.shell.bandfigure import draw
+    from eventflow.shell.bandfigure import material_figure
 
-    written = []
-    root = tracker.project.root
-    for row in tracker.projections.materials():
-        calcs = {c["step"]: c for c in tracker.projections.calculations(row["id"])
-                 if c["state"] == "completed"}
-        band, dos = calcs.get("BAND"), calcs.get("DOS")
-        if band is None:
-            continue
-        folder = root / band["directory"]
-        fermi = {p["name"]: p["value"] for p in tracker.projections.properties(row["id"])
-                 if p["calculation_id"] == (calcs.get("SP") or {}).get("id")
-                 }.get("fermi_energy_ev")
-        dos_text = (root / dos["directory"] / "dos.dat").read_text() if dos else None
-        plot = band_plot((folder / "pw.in").read_text(), (folder / "pw.out").read_text(),
-                         (folder / "bands.dat.gnu").read_text(), fermi_ev=fermi,
-                         dos_dat=dos_text)
-        title = f"{row['id']} ({row['formula']}): bands and DOS, pw.x"
-        written.append(draw(plot, title, out / f"{row['id']}.png"))
-    return written
+    written = [material_figure(tracker, row["id"], out)
+               for row in tracker.projections.materials()]
+    return [path for path in written if path is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
