@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eventflow import __version__
+from eventflow.core.lifecycle import MATERIAL_STATES
 from eventflow.errors import EventflowError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -499,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", nargs="?", default=".", help="folder (default: here)")
 
     p = sub.add_parser("status", help="where every material stands")
-    p.add_argument("--state", help="only materials in this state")
+    p.add_argument("--state", choices=MATERIAL_STATES, metavar="STATE",
+                   help="only materials in this state: " + ", ".join(MATERIAL_STATES))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--live", action="store_true", help="redraw as events arrive (Ctrl-C quits)")
     p.add_argument("--limit", type=int, default=100, help="rows in the table (default 100)")
@@ -576,7 +578,20 @@ def build_parser() -> argparse.ArgumentParser:
     from eventflow.shell import cli_plot  # plot
 
     cli_plot.register(sub)
+    _describe_subcommands(sub)
     return parser
+
+
+def _describe_subcommands(sub: Any) -> None:
+    """`eventflow X --help` opens with what X does (the line `eventflow --help` lists for it).
+
+    argparse shows a subcommand's ``help`` only in the parent's list; a newcomer typing
+    `eventflow status --help` saw options and no word of what the command is for.
+    """
+    for action in sub._choices_actions:  # the (name, help) pairs argparse keeps for the list
+        parser = sub.choices[action.dest]
+        if parser.description is None and action.help:
+            parser.description = action.help[0].upper() + action.help[1:] + "."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

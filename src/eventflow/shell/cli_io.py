@@ -121,11 +121,29 @@ def cmd_properties(args: argparse.Namespace) -> int:
 
     with _tracker(args) as tracker:
         rows = property_rows(tracker, args.material or None, args.property or None)
+        if not rows and (args.material or args.property):
+            _explain_no_rows(tracker, args.material, args.property)
     output = Path(args.output) if args.output else None
     write_properties(rows, args.format, output)
     if output is not None:
         print(f"wrote {len(rows)} property values to {output}", file=sys.stderr)
     return 0
+
+
+def _explain_no_rows(tracker: Any, materials: list[str], names: list[str]) -> None:
+    """An unknown material is an error; an unknown property name gets the known ones listed."""
+    from eventflow.errors import EventflowError
+
+    known = {m["id"] for m in tracker.projections.materials()}
+    unknown = [m for m in materials if m not in known]
+    if unknown:
+        raise EventflowError(f"no material {', '.join(map(repr, unknown))} in "
+                             f"{tracker.project.log_path}")
+    present = sorted({p["name"] for p in tracker.projections.properties()})
+    missing = [n for n in names if n not in present]
+    if missing:
+        print(f"no values of {', '.join(missing)}; the properties recorded are: "
+              f"{', '.join(present) or 'none yet'}", file=sys.stderr)
 
 
 @command("export-structures")
