@@ -84,17 +84,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: Any) -> None:
-    from rich.table import Table
+    from eventflow.shell.tables import Column, fitted
 
     console = _console()
     if report.dry_run and report.calculations:
-        table = Table(title=f"would record ({report.events} events)")
-        for col in ("calculation", "state", "error", "job", "events", "source"):
-            table.add_column(col)
-        for c in report.calculations:
-            table.add_row(c.calculation_id, c.state, c.error_kind or "", c.job_id,
-                          str(c.events), c.source)
-        console.print(table)
+        columns = [Column("calculation"), Column("state"), Column("error", text=True),
+                   Column("job"), Column("events"), Column("source", text=True)]
+        rows = [[c.calculation_id, c.state, c.error_kind or "", c.job_id or "", str(c.events),
+                 c.source] for c in report.calculations]
+        console.print(fitted(f"would record ({report.events} events)", columns, rows,
+                             console.width))
     verb = "would import" if report.dry_run else "imported"
     states = ", ".join(f"{n} {s}" for s, n in sorted(report.by_state().items())) or "nothing new"
     print(f"{verb} {len(report.calculations)} calculations ({states}) of "
