@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             if m["state"] != "completed":
                 console.print(f"[yellow]{m['id']}: {m['state']}[/yellow] {m['reason']}")
         console.print(f"whole story of a material: eventflow --project {args.project} show Si")
+        console.print(f"plots again, other energy window: eventflow --project {args.project} "
+                      "plot --emin -15 --emax 10")
         return 0
     except EventflowError as exc:
         print(f"eventflow: error: {exc}", file=sys.stderr)
