@@ -57,7 +57,8 @@ class BandPlot:
     dos_labels: tuple[str, ...] = ()
 
     @property
-    def title_zero(self) -> str:
+    def energy_label(self) -> str:
+        """The energy axis' title: what the zero is."""
         return "E − E_F (eV)" if self.reference == "E_F" else "E − VBM (eV)"
 
 

@@ -45,9 +45,8 @@ def draw(plot: BandPlot, title: str, path: Path, window: tuple[float, float] = W
                   rotation=30 if long_labels else 0, ha="right" if long_labels else "center")
     for t in plot.ticks:
         ax.axvline(t.position, color="0.6", lw=0.6)
-    zero_name = "E_F" if plot.reference == "E_F" else "VBM"
     ax.axhline(0.0, color="tab:red", ls="--", lw=0.8)
-    ax.set_ylabel(f"E − {zero_name} (eV)")
+    ax.set_ylabel(plot.energy_label)
     ax.set_ylim(*window)
     if plot.gap is not None:
         (kv, ev), (kc, ec) = plot.gap.vbm, plot.gap.cbm
