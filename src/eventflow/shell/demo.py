@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in tracker.projections.materials():
             if m["state"] != "completed":
                 console.print(f"[yellow]{m['id']}: {m['state']}[/yellow] {m['reason']}")
-        console.print(f"whole story of a material: eventflow --project {args.project} show Si")
+        # commands to copy: one line each, never wrapped
+        console.print(f"whole story of a material: eventflow --project {args.project} show Si",
+                      soft_wrap=True)
         console.print(f"plots again, other energy window: eventflow --project {args.project} "
-                      "plot --emin -15 --emax 10")
+                      "plot --emin -15 --emax 10", soft_wrap=True)
         return 0
     except EventflowError as exc:
         print(f"eventflow: error: {exc}", file=sys.stderr)
