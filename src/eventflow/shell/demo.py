@@ -94,9 +94,16 @@ def plots(tracker: Tracker, out: Path) -> list[Path]:
     """One PNG per material with a BAND step: labelled bands beside the DOS, zero at VBM/E_F."""
     from eventflow.shell.bandfigure import material_figure
 
-    written = [material_figure(tracker, row["id"], out)
-               for row in tracker.projections.materials()]
-    return [path for path in written if path is not None]
+    written = []
+    for row in tracker.projections.materials():
+        try:  # one material's unplottable files must not cost the others their plots
+            path = material_figure(tracker, row["id"], out)
+        except EventflowError as exc:
+            print(f"no plot for {row['id']}: {exc}", file=sys.stderr)
+            continue
+        if path is not None:
+            written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
