@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eventflow import __version__
+from eventflow.core.lifecycle import MATERIAL_STATES
 from eventflow.errors import EventflowError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -60,19 +61,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_table(rows: list[dict[str, Any]], title: str) -> Any:
-    from rich.table import Table
+def _status_table(rows: list[dict[str, Any]], title: str, width: int) -> Any:
+    from eventflow.shell.tables import Column, fitted
 
-    table = Table(title=title)
-    columns = ("material", "formula", "workflow", "state", "step", "attempts", "updated", "reason")
-    for col in columns:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["id"], r["formula"] or "", r["workflow"] or "", r["state"], r["current_step"] or "",
-            str(r["attempts"]), (r["updated_at"] or "")[:19], (r["reason"] or "")[:60],
-        )
-    return table
+    columns = [Column("material"), Column("formula", optional=True), Column("state"),
+               Column("step"),
+               Column("attempts"), Column("reason", text=True),
+               Column("workflow", optional=True), Column("updated", optional=True)]
+    cells = [[r["id"], r["formula"] or "", r["state"], r["current_step"] or "",
+              str(r["attempts"]), r["reason"] or "", r["workflow"] or "",
+              (r["updated_at"] or "")[:19]] for r in rows]
+    return fitted(title, columns, cells, width)
 
 
 @command("status")
@@ -90,7 +89,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no materials"
         limit = None if args.all else args.limit
         rows = tracker.projections.materials(args.state, limit=limit)
-        _console().print(_status_table(rows, f"eventflow status: {summary}"))
+        console = _console()
+        console.print(_status_table(rows, f"eventflow status: {summary}", console.width))
         shown = counts.get(args.state, 0) if args.state else sum(counts.values())
         if limit is not None and shown > len(rows):
             print(f"... and {shown - len(rows)} more (the first {limit} shown, those that want a "
@@ -99,19 +99,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_live(tracker: Any, args: argparse.Namespace) -> int:
-    from rich.live import Live
+    from eventflow.shell.tables import live
 
     seen = -1
+    console = _console()
     try:
-        with Live(auto_refresh=False) as live:
+        with live(console, "", auto_refresh=False) as display:
             while True:
                 tracker.projections.catch_up(tracker.store)
                 last = tracker.projections.last_seq()
                 if last != seen:
                     seen = last
                     rows = tracker.projections.materials(args.state, limit=args.limit)
-                    live.update(_status_table(rows, f"eventflow status (live, seq {last})"),
-                                refresh=True)
+                    display.update(_status_table(rows, f"eventflow status (live, seq {last})",
+                                                 console.width), refresh=True)
                 time.sleep(0.3)
     except KeyboardInterrupt:
         return 0
@@ -135,34 +136,41 @@ def cmd_show(args: argparse.Namespace) -> int:
             _print_json({"material": material, "calculations": calcs, "properties": props,
                          "errors": errors, "events": history})
             return 0
-        from rich.table import Table
-
         console = _console()
         console.print(f"[bold]{mid}[/bold] {material['formula']}  workflow={material['workflow']}"
                       f"  state=[bold]{material['state']}[/bold]"
                       + (f"  ({material['reason']})" if material["reason"] else ""))
-        table = Table(title="calculations")
-        for col in ("calculation", "state", "job", "error", "requested", "finished"):
-            table.add_column(col)
-        for c in calcs:
-            table.add_row(c["id"], c["state"], c["job_id"] or "", c["error_kind"] or "",
-                          (c["requested_at"] or "")[:19], (c["finished_at"] or "")[:19])
-        console.print(table)
+        console.print(_calculations_table(calcs, console.width))
         if props:
-            ptable = Table(title="properties")
-            for col in ("name", "value", "unit", "calculation"):
-                ptable.add_column(col)
-            for p in props:
-                ptable.add_row(p["name"], _fmt(p["value"]), p["unit"] or "", p["calculation_id"])
-            console.print(ptable)
+            console.print(_properties_table(props, console.width))
         console.print("[bold]history[/bold]")
         for h in history:
             print(_event_line(h))
     return 0
 
 
+def _calculations_table(calcs: list[dict[str, Any]], width: int) -> Any:
+    from eventflow.shell.tables import Column, fitted
+
+    columns = [Column("calculation"), Column("state"), Column("job"),
+               Column("error", text=True), Column("finished"),
+               Column("requested", optional=True)]
+    cells = [[c["id"], c["state"], c["job_id"] or "", c["error_kind"] or "",
+              (c["finished_at"] or "")[:19], (c["requested_at"] or "")[:19]] for c in calcs]
+    return fitted("calculations", columns, cells, width)
+
+
+def _properties_table(props: list[dict[str, Any]], width: int) -> Any:
+    from eventflow.shell.tables import Column, fitted
+
+    columns = [Column("name"), Column("value"), Column("unit"), Column("calculation")]
+    cells = [[p["name"], _fmt(p["value"]), p["unit"] or "", p["calculation_id"]] for p in props]
+    return fitted("properties", columns, cells, width)
+
+
 def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    """Every digit the log holds: the shortest text that reads back as the same float."""
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 # --- tail -------------------------------------------------------------------------------------
@@ -492,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", nargs="?", default=".", help="folder (default: here)")
 
     p = sub.add_parser("status", help="where every material stands")
-    p.add_argument("--state", help="only materials in this state")
+    p.add_argument("--state", choices=MATERIAL_STATES, metavar="STATE",
+                   help="only materials in this state: " + ", ".join(MATERIAL_STATES))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--live", action="store_true", help="redraw as events arrive (Ctrl-C quits)")
     p.add_argument("--limit", type=int, default=100, help="rows in the table (default 100)")
@@ -566,7 +575,23 @@ def build_parser() -> argparse.ArgumentParser:
     from eventflow.shell import cli_io  # import, properties, export-structures
 
     cli_io.register(sub)
+    from eventflow.shell import cli_plot  # plot
+
+    cli_plot.register(sub)
+    _describe_subcommands(sub)
     return parser
+
+
+def _describe_subcommands(sub: Any) -> None:
+    """`eventflow X --help` opens with what X does (the line `eventflow --help` lists for it).
+
+    argparse shows a subcommand's ``help`` only in the parent's list; a newcomer typing
+    `eventflow status --help` saw options and no word of what the command is for.
+    """
+    for action in sub._choices_actions:  # the (name, help) pairs argparse keeps for the list
+        parser = sub.choices[action.dest]
+        if parser.description is None and action.help:
+            parser.description = action.help[0].upper() + action.help[1:] + "."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

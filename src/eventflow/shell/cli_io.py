@@ -84,17 +84,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: Any) -> None:
-    from rich.table import Table
+    from eventflow.shell.tables import Column, fitted
 
     console = _console()
     if report.dry_run and report.calculations:
-        table = Table(title=f"would record ({report.events} events)")
-        for col in ("calculation", "state", "error", "job", "events", "source"):
-            table.add_column(col)
-        for c in report.calculations:
-            table.add_row(c.calculation_id, c.state, c.error_kind or "", c.job_id,
-                          str(c.events), c.source)
-        console.print(table)
+        columns = [Column("calculation"), Column("state"), Column("error", text=True),
+                   Column("job"), Column("events"), Column("source", text=True)]
+        rows = [[c.calculation_id, c.state, c.error_kind or "", c.job_id or "", str(c.events),
+                 c.source] for c in report.calculations]
+        console.print(fitted(f"would record ({report.events} events)", columns, rows,
+                             console.width))
     verb = "would import" if report.dry_run else "imported"
     states = ", ".join(f"{n} {s}" for s, n in sorted(report.by_state().items())) or "nothing new"
     print(f"{verb} {len(report.calculations)} calculations ({states}) of "
@@ -121,11 +120,29 @@ def cmd_properties(args: argparse.Namespace) -> int:
 
     with _tracker(args) as tracker:
         rows = property_rows(tracker, args.material or None, args.property or None)
+        if not rows and (args.material or args.property):
+            _explain_no_rows(tracker, args.material, args.property)
     output = Path(args.output) if args.output else None
     write_properties(rows, args.format, output)
     if output is not None:
         print(f"wrote {len(rows)} property values to {output}", file=sys.stderr)
     return 0
+
+
+def _explain_no_rows(tracker: Any, materials: list[str], names: list[str]) -> None:
+    """An unknown material is an error; an unknown property name gets the known ones listed."""
+    from eventflow.errors import EventflowError
+
+    known = {m["id"] for m in tracker.projections.materials()}
+    unknown = [m for m in materials if m not in known]
+    if unknown:
+        raise EventflowError(f"no material {', '.join(map(repr, unknown))} in "
+                             f"{tracker.project.log_path}")
+    present = sorted({p["name"] for p in tracker.projections.properties()})
+    missing = [n for n in names if n not in present]
+    if missing:
+        print(f"no values of {', '.join(missing)}; the properties recorded are: "
+              f"{', '.join(present) or 'none yet'}", file=sys.stderr)
 
 
 @command("export-structures")

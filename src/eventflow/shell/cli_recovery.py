@@ -75,22 +75,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
                                 "escalated": k.escalated, "given_up": k.given_up}
                                for k in kinds]})
         return 0
-    from rich.table import Table
+    from eventflow.shell.tables import Column, fitted
 
-    table = Table(title=f"recovery: tries and outcomes of the next attempt (as of seq {last})")
-    for col in ("error kind", "stage", "correction", "tried", "succeeded", "failed", "pending",
-                "success"):
-        table.add_column(col)
-    for s in stages:
-        rate = "" if s.success_rate is None else f"{100 * s.success_rate:.0f}%"
-        table.add_row(s.error_kind, str(s.stage), s.correction, str(s.tried), str(s.succeeded),
-                      str(s.failed), str(s.pending), rate)
     console = _console()
-    console.print(table)
-    summary = Table(title="failures per error kind")
-    for col in ("error kind", "failures", "escalated", "given up"):
-        summary.add_column(col)
-    for k in kinds:
-        summary.add_row(k.error_kind, str(k.failures), str(k.escalated), str(k.given_up))
+    columns = [Column("error kind"), Column("stage"), Column("correction", text=True),
+               Column("tried"), Column("succeeded"), Column("failed"), Column("pending"),
+               Column("success")]
+    rows = [[s.error_kind, str(s.stage), s.correction, str(s.tried), str(s.succeeded),
+             str(s.failed), str(s.pending),
+             "" if s.success_rate is None else f"{100 * s.success_rate:.0f}%"] for s in stages]
+    console.print(fitted(f"recovery: tries and outcomes of the next attempt (as of seq {last})",
+                         columns, rows, console.width))
+    summary = fitted("failures per error kind",
+                     [Column("error kind"), Column("failures"), Column("escalated"),
+                      Column("given up")],
+                     [[k.error_kind, str(k.failures), str(k.escalated), str(k.given_up)]
+                      for k in kinds], console.width)
     console.print(summary)
     return 0

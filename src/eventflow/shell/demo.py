@@ -25,6 +25,8 @@ from eventflow.shell.watcher import _scheduler_for, setup_logging
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 DONE = ("completed", "needs_attention", "cancelled")
+STEPS = ("OPT", "SP", "BAND", "DOS")
+DECIMALS = 4
 SHOWN = ("total_energy_ev", "energy_per_atom_ev", "band_gap_ev", "direct_gap_ev",
          "fermi_energy_ev", "a_ang", "volume_ang3", "pressure_kbar")
 
@@ -40,79 +42,67 @@ def add_materials(tracker: Tracker, examples: Path) -> list[str]:
     return ids
 
 
-def table(tracker: Tracker, started: float) -> Any:
-    from rich.table import Table
+def table(tracker: Tracker, started: float, width: int = 80) -> Any:
+    """The live progress table: each material's state and each step's attempts."""
+    from eventflow.shell.tables import Column, fitted
 
-    rows = tracker.projections.materials()
+    rows = []
     calcs = tracker.projections.calculations()
-    t = Table(title=f"eventflow main job - {time.monotonic() - started:.0f} s")
-    for col in ("material", "state", "OPT", "SP", "BAND", "DOS", "note"):
-        t.add_column(col)
-    for row in rows:
+    for row in tracker.projections.materials():
         cells = []
-        for step in ("OPT", "SP", "BAND", "DOS"):
+        for step in STEPS:
             mine = [c for c in calcs if c["material_id"] == row["id"] and c["step"] == step]
             cells.append(" ".join(
                 f"{c['state']}" + (f"({c['error_kind']})" if c["error_kind"] else "")
                 for c in mine) or "-")
-        t.add_row(row["id"], row["state"], *cells, (row["reason"] or "")[:50])
-    return t
+        rows.append([row["id"], row["state"], *cells, row["reason"] or ""])
+    columns = [Column("material"), Column("state"), *(Column(s, text=True) for s in STEPS),
+               Column("note", text=True, optional=True)]
+    return fitted(f"eventflow main job - {time.monotonic() - started:.0f} s", columns, rows,
+                  width)
 
 
-def properties_table(tracker: Tracker) -> Any:
-    from rich.table import Table
+def properties_table(tracker: Tracker, width: int = 80) -> Any:
+    """The latest value of each shown property, one row per property, units in the names."""
 
-    t = Table(title="properties (latest value per material)")
-    t.add_column("material")
-    for name in SHOWN:
-        t.add_column(name)
+    latest: dict[str, dict[str, Any]] = {}
     for row in tracker.projections.materials():
-        latest: dict[str, Any] = {}
-        for p in tracker.projections.properties(row["id"]):
-            latest[p["name"]] = p["value"]
-        t.add_row(row["id"], *(f"{latest[n]:.4f}" if isinstance(latest.get(n), float)
-                               else str(latest.get(n, "")) for n in SHOWN))
-    return t
+        latest[row["id"]] = {p["name"]: p["value"]
+                             for p in tracker.projections.properties(row["id"])}
+    return properties_rows(latest, width)
+
+
+def properties_rows(latest: dict[str, dict[str, Any]], width: int = 80) -> Any:
+    """``latest[material][property]`` as a table of the SHOWN properties, never cut."""
+    from eventflow.shell.tables import Column, fitted, with_unit
+
+    materials = list(latest)
+    rows = [[with_unit(name), *(_shown(latest[m].get(name)) for m in materials)]
+            for name in SHOWN]
+    columns = [Column("property"), *(Column(m) for m in materials)]
+    return fitted(f"properties (latest value; floats to {DECIMALS} decimals)", columns, rows,
+                  width)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.{DECIMALS}f}"
+    return "-" if value is None else str(value)
 
 
 def plots(tracker: Tracker, out: Path) -> list[Path]:
-    import matplotlib
+    """One PNG per material with a BAND step: labelled bands beside the DOS, zero at VBM/E_F."""
+    from eventflow.shell.bandfigure import material_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from eventflow.codes.qe import postproc
-
-    out.mkdir(exist_ok=True)
     written = []
-    root = tracker.project.root
     for row in tracker.projections.materials():
-        calcs = {c["step"]: c for c in tracker.projections.calculations(row["id"])
-                 if c["state"] == "completed"}
-        band, dos = calcs.get("BAND"), calcs.get("DOS")
-        if band is None and dos is None:
+        try:  # one material's unplottable files must not cost the others their plots
+            path = material_figure(tracker, row["id"], out)
+        except EventflowError as exc:
+            print(f"no plot for {row['id']}: {exc}", file=sys.stderr)
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4), gridspec_kw={"width_ratios": [2, 1]})
-        fermi = None
-        if dos is not None:
-            points, fermi = postproc.read_dos((root / dos["directory"] / "dos.dat").read_text())
-            axes[1].plot([d for _, d in points], [e for e, _ in points], color="k", lw=0.8)
-            axes[1].set_xlabel("DOS (states/eV)")
-        if band is not None:
-            for b in postproc.read_bands_gnu(
-                    (root / band["directory"] / "bands.dat.gnu").read_text()):
-                axes[0].plot([k for k, _ in b], [e for _, e in b], color="tab:blue", lw=0.8)
-            axes[0].set_xlabel("k (path length)")
-        for ax in axes:
-            if fermi is not None:
-                ax.axhline(fermi, color="tab:red", ls="--", lw=0.7)
-        axes[0].set_ylabel("E (eV)")
-        fig.suptitle(f"{row['id']} ({row['formula']}): bands and DOS, pw.x")
-        fig.tight_layout()
-        path = out / f"{row['id']}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        if path is not None:
+            written.append(path)
     return written
 
 
@@ -122,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="give up after (s)")
     args = parser.parse_args(argv)
     from rich.console import Console
-    from rich.live import Live
+
+    from eventflow.shell.tables import live
 
     console = Console()
     try:
@@ -134,23 +125,28 @@ def main(argv: list[str] | None = None) -> int:
                       f"{tracker.project.root}\n{why}")
         runner = Runner(tracker, scheduler)
         started = time.monotonic()
-        with Live(table(tracker, started), console=console, refresh_per_second=2) as live:
+        with live(console, table(tracker, started, console.width),
+                  refresh_per_second=2) as display:
             while True:
                 runner.cycle()
-                live.update(table(tracker, started))
+                display.update(table(tracker, started, console.width))
                 states = [m["state"] for m in tracker.projections.materials()]
                 if all(s in DONE for s in states):
                     break
                 if time.monotonic() - started > args.timeout:
                     raise EventflowError(f"not finished after {args.timeout:.0f} s")
                 time.sleep(1.0)
-        console.print(properties_table(tracker))
+        console.print(properties_table(tracker, console.width))
         for path in plots(tracker, tracker.project.root / "plots"):
             console.print(f"plot: {path}")
         for m in tracker.projections.materials():
             if m["state"] != "completed":
                 console.print(f"[yellow]{m['id']}: {m['state']}[/yellow] {m['reason']}")
-        console.print(f"whole story of a material: eventflow --project {args.project} show Si")
+        # commands to copy: one line each, never wrapped
+        console.print(f"whole story of a material: eventflow --project {args.project} show Si",
+                      soft_wrap=True)
+        console.print(f"plots again, other energy window: eventflow --project {args.project} "
+                      "plot --emin -15 --emax 10", soft_wrap=True)
         return 0
     except EventflowError as exc:
         print(f"eventflow: error: {exc}", file=sys.stderr)

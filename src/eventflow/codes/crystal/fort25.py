@@ -48,6 +48,10 @@ class Bands:
     kdist: np.ndarray
     segments: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
     labels: tuple[str, ...] = ()
+    # Where along ``kdist`` each label sits (BAND.DAT's TICK lines; fort.25 segment ends).
+    label_positions: tuple[float, ...] = ()
+    # Energies measured from E_F (BAND.DAT says so in its axis label), not absolute.
+    relative: bool = False
 
     @property
     def nspin(self) -> int:
@@ -65,6 +69,8 @@ class Dos:
     efermi_ha: float | None
     energies: np.ndarray
     dos: np.ndarray
+    # Energies measured from E_F (DOSS.DAT's axis label 'E-EFERMI'); CRYSTAL14 wrote absolute ones.
+    relative: bool = False
 
     @property
     def nspin(self) -> int:
@@ -154,10 +160,11 @@ def _bands(blocks: list[_Block]) -> Bands:
                 )
             chunks.append(b.values.reshape(b.ncol, b.nrow))
         per_spin.append(np.concatenate(chunks))
-    kdist, offset = [], 0.0
+    kdist, offset, positions = [], 0.0, []
     for b in spins[0]:
         dk = b.floats[1]
         kdist.append(offset + dk * np.arange(b.ncol))
+        positions += [offset, offset + dk * (b.ncol - 1)]
         offset += dk * (b.ncol - 1)
     segments = tuple((b.ints[:3], b.ints[3:6]) for b in spins[0])
     return Bands(
@@ -165,7 +172,14 @@ def _bands(blocks: list[_Block]) -> Bands:
         energies=np.stack(per_spin),
         kdist=np.concatenate(kdist),
         segments=segments,
+        labels=tuple(_point_name(end) for seg in segments for end in seg),
+        label_positions=tuple(positions),
     )
+
+
+def _point_name(ints: tuple[int, ...]) -> str:
+    """A fort.25 path end (integers in units of the shrinking factor, which fort.25 omits)."""
+    return "Γ" if not any(ints) else "(" + ",".join(str(i) for i in ints) + ")"
 
 
 def _dos(blocks: list[_Block]) -> Dos:
@@ -264,11 +278,16 @@ def parse_band_dat(text: str) -> Bands:
     nk, nb, nspin = (_dat_header(text, k) for k in ("NKPT", "NBND", "NSPIN"))
     arrays = _dat_spin_arrays(text, "BAND.DAT", nspin, nk, nb + 1)
     labels = tuple(m.group(1).strip() for m in re.finditer(r'TICKLABEL\s+\d+,"([^"]*)"', text))
+    positions = tuple(float(m.group(1)) for m in
+                      re.finditer(r"^@\s*XAXIS\s+TICK\s+\d+,\s*(" + _DAT_NUMBER.pattern + ")",
+                                  text, re.M))
     return Bands(
         efermi_ha=_dat_efermi(text),
         energies=np.stack([a[:, 1:] for a in arrays]),
         kdist=arrays[0][:, 0],
         labels=labels,
+        label_positions=positions if len(positions) == len(labels) else (),
+        relative="E-EFERMI" in text,
     )
 
 
@@ -280,4 +299,5 @@ def parse_doss_dat(text: str) -> Dos:
         efermi_ha=_dat_efermi(text),
         energies=arrays[0][:, 0],
         dos=np.stack([a[:, 1:].T for a in arrays]),
+        relative="E-EFERMI" in text,
     )
