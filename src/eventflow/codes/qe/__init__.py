@@ -39,6 +39,10 @@ class QEPlugin:
         """Inputs with namelist changes such as ``{"electrons.mixing_beta": 0.3}`` applied."""
         return changes.apply_changes(inputs_, changes_)
 
+    def check(self, result: ParseResult, params: dict[str, Any]) -> ParseResult:
+        """``result`` judged against the run's parameters (a vc-relax's target pressure)."""
+        return parse.check(result, params)
+
     def sanity_problems(self, result: ParseResult) -> list[str]:
         """Reasons to reject a parse that claims success (see parse.sanity_problems)."""
         return parse.sanity_problems(result)

@@ -67,6 +67,10 @@ DEFAULTS: dict[str, Any] = {
     "etot_conv_thr": None,
     "forc_conv_thr": None,
     "press_conv_thr": 0.5,  # kbar
+    "press": None,  # kbar, the target pressure of a vc-relax; None: pw.x's 0
+    # Not an input: a vc-relax whose final SCF is further than this from ``press`` gets a
+    # warning (the plugin's check), because the cutoff is too low (Pulay stress).
+    "pressure_tolerance_kbar": 10.0,
     "cell_dofree": None,
     "dos_delta_e": 0.05,  # eV
 }
@@ -306,6 +310,8 @@ def _namelists(
     if step == "OPT":
         namelists["ions"] = {"ion_dynamics": "bfgs"}
         cell = {"cell_dynamics": "bfgs", "press_conv_thr": float(p["press_conv_thr"])}
+        if p["press"] is not None:
+            cell["press"] = float(p["press"])
         if p["cell_dofree"]:
             cell["cell_dofree"] = p["cell_dofree"]
         namelists["cell"] = cell
