@@ -156,6 +156,13 @@ def _params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             f"known: {', '.join(sorted(DEFAULTS))}"
         )
     merged = {**DEFAULTS, **{k: v for k, v in plain.items() if v is not None}}
+    for key in ("press", "pressure_tolerance_kbar"):  # checked here, before any job runs
+        value = merged[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{key} {value!r}: expected a number (kbar)")
+    tolerance = merged["pressure_tolerance_kbar"]
+    if tolerance is not None and tolerance < 0:
+        raise ValueError(f"pressure_tolerance_kbar must be >= 0, got {tolerance}")
     if merged["pseudopotentials"] is None:
         raise ValueError(
             "params['pseudopotentials'] is missing: pass the loaded config/pseudopotentials.yaml"
