@@ -86,6 +86,7 @@ class Pseudo:
     ecutrho: float
     valence: float | None = None
     type: str | None = None
+    source: str | None = None  # where the cutoffs come from (UPF header, convergence test)
 
 
 @attrs.frozen
@@ -119,18 +120,7 @@ def pseudo_table(data: Any) -> PseudoTable:
             raise ValueError(f"pseudopotential table: family {family!r} is not a mapping")
         families[family] = {}
         for element, entry in entries.items():
-            try:
-                families[family][element] = Pseudo(
-                    file=str(entry["file"]),
-                    ecutwfc=float(entry["ecutwfc"]),
-                    ecutrho=float(entry.get("ecutrho", 4 * float(entry["ecutwfc"]))),
-                    valence=float(entry["valence"]) if "valence" in entry else None,
-                    type=entry.get("type"),
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(
-                    f"pseudopotential table: {family}/{element} needs file and ecutwfc ({exc})"
-                ) from None
+            families[family][element] = _pseudo(family, element, entry)
     default = data.get("default_family") or next(iter(families), "")
     if default not in families:
         raise ValueError(f"pseudopotential table: default_family {default!r} is not a family")
@@ -143,6 +133,37 @@ def pseudo_table(data: Any) -> PseudoTable:
         magnetic_elements={str(k): float(v) for k, v in magnetic.items()},
         metallic_elements=frozenset(data.get("metallic_elements") or ()),
     )
+
+
+def _pseudo(family: str, element: str, entry: Any) -> Pseudo:
+    """One entry of the table. No cutoff is guessed: ecutwfc is required, and so is ecutrho
+    except for a norm-conserving file, whose density 4 x ecutwfc holds exactly."""
+    where = f"pseudopotential table: {family}/{element}"
+    if not isinstance(entry, dict) or "file" not in entry:
+        raise ValueError(f"{where} needs file and ecutwfc")
+    if entry.get("ecutwfc") is None:
+        raise ValueError(
+            f"{where} needs file and ecutwfc ({entry['file']} has none): no cutoff is "
+            "guessed; take the UPF header's suggestion or run scripts/cutoff-convergence"
+        )
+    kind = entry.get("type")
+    if entry.get("ecutrho") is None and kind != "NC":
+        raise ValueError(
+            f"{where} needs ecutrho ({entry['file']}): only a norm-conserving file (type: NC) "
+            f"may leave it out (4 x ecutwfc); this one is {kind or 'of unknown type'}"
+        )
+    try:
+        ecutwfc = float(entry["ecutwfc"])
+        ecutrho = float(entry["ecutrho"]) if entry.get("ecutrho") is not None else 4 * ecutwfc
+        valence = float(entry["valence"]) if "valence" in entry else None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: cutoffs and valence must be numbers ({exc})") from None
+    if ecutwfc <= 0 or ecutrho <= 0:  # the renderer keeps ecutrho >= 4 x ecutwfc
+        raise ValueError(f"{where}: ecutwfc and ecutrho must be positive "
+                         f"(got {ecutwfc:g} and {ecutrho:g} Ry)")
+    source = entry.get("source")
+    return Pseudo(file=str(entry["file"]), ecutwfc=ecutwfc, ecutrho=ecutrho, valence=valence,
+                  type=kind, source=str(source) if source is not None else None)
 
 
 def _params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
