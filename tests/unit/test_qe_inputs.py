@@ -461,3 +461,14 @@ def test_upf_header_cutoffs_are_the_headers_own() -> None:
             else:  # the header suggests nothing, which is why another source was needed
                 assert suggested == (0, 0), p.file
     assert checked >= 15
+
+
+def test_a_cutoff_below_the_converged_one_or_not_converged_is_said() -> None:
+    si = _bulk("Si", "diamond", a=5.431)
+    assert PLUGIN.input_notes(si, "OPT", _params()) == []  # the table's converged 40 Ry
+    assert PLUGIN.input_notes(si, "OPT", _params(ecutwfc=60)) == []
+    (low,) = PLUGIN.input_notes(si, "OPT", _params(ecutwfc=14))
+    assert "14 Ry is below the 40 Ry that Si.pz-vbc.UPF (Si) needs" in low
+    (untested,) = PLUGIN.input_notes(_bulk("Al", "fcc", a=4.05), "SP", _params())
+    assert "Al.pz-vbc.UPF" in untested and "not known to be converged" in untested
+    assert PLUGIN.input_notes(_bulk("Au", "fcc", a=4.08), "SP", _params()) == []  # UPF header

@@ -31,6 +31,10 @@ class QEPlugin:
         """pw.x (and bands.x / dos.x) inputs for ``step`` (OPT, SP, BAND, DOS)."""
         return inputs.render_inputs(structure, step, params)
 
+    def input_notes(self, structure: Any, step: str, params: dict[str, Any]) -> list[str]:
+        """Sentences the shell logs about the inputs (cutoffs not known to be converged)."""
+        return inputs.input_notes(structure, step, params)
+
     def main_output(self, step: str) -> str:
         """The pw.x output of ``step``: the one whose parse decides the step's status."""
         return inputs.main_output(step)

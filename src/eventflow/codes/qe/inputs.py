@@ -18,7 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from eventflow.codes.qe.changes import RUNNER_MARKERS, apply_changes, fortran_value
-from eventflow.codes.qe.pseudos import Pseudo, PseudoTable, pseudo_table
+from eventflow.codes.qe.pseudos import Pseudo, PseudoTable, cutoff_notes, pseudo_table
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -370,6 +370,15 @@ def render_inputs(atoms: Atoms, step: str, params: dict[str, Any]) -> dict[str, 
             "DOS", {**common, "fildos": "dos.dat", "DeltaE": float(p["dos_delta_e"])}
         )
     return apply_changes(files, namelist_settings) if namelist_settings else files
+
+
+def input_notes(atoms: Atoms, step: str, params: dict[str, Any]) -> list[str]:
+    """What the shell should log about the inputs of ``step`` (cutoffs below the converged
+    ones, or not known to be converged); empty when there is nothing to say."""
+    p, _ = _params(params)
+    table = pseudo_table(p["pseudopotentials"])
+    pseudos = _species(atoms, table, p["pseudo_family"])
+    return cutoff_notes(pseudos, float(p["ecutwfc"]) if p["ecutwfc"] is not None else None)
 
 
 def run_sequence(step: str) -> list[tuple[str, str, str]]:

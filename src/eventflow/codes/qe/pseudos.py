@@ -99,3 +99,27 @@ def _pseudo(family: str, element: str, entry: Any) -> Pseudo:
     source = entry.get("source")
     return Pseudo(file=str(entry["file"]), ecutwfc=ecutwfc, ecutrho=ecutrho, valence=valence,
                   type=kind, source=str(source) if source is not None else None)
+
+
+# Sources whose cutoffs are known to be converged for the file.
+CONVERGED_SOURCES = frozenset({"UPF header", "convergence test"})
+
+
+def cutoff_notes(pseudos: dict[str, Pseudo], ecutwfc: float | None) -> list[str]:
+    """Sentences worth logging about the cutoffs a structure with ``pseudos`` will get.
+
+    ``ecutwfc`` is the value the material or step set (None: the table's). A value below
+    a converged table entry, or a table entry nobody has converged, is used as asked but
+    said out loud: it is what relaxes cells wrongly (Pulay stress).
+    """
+    notes = []
+    for symbol, ps in sorted(pseudos.items()):
+        converged = ps.source in CONVERGED_SOURCES
+        if ecutwfc is not None and converged and ecutwfc < ps.ecutwfc:
+            notes.append(f"ecutwfc {ecutwfc:g} Ry is below the {ps.ecutwfc:g} Ry that {ps.file} "
+                         f"({symbol}) needs ({ps.source}): expect Pulay stress in a vc-relax")
+        elif ecutwfc is None and not converged:
+            notes.append(f"the cutoffs of {ps.file} ({symbol}), {ps.ecutwfc:g}/{ps.ecutrho:g} "
+                         f"Ry, are not known to be converged (source: {ps.source or 'none'}); "
+                         "run scripts/cutoff-convergence (docs/cutoffs.md)")
+    return notes
