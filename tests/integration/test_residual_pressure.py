@@ -63,6 +63,8 @@ def test_the_low_cutoff_result_carries_the_warning(tmp_path: Path, need_pwx: Non
     assert props["final_scf_pressure_kbar"] == pytest.approx(-149.2, abs=1.0)
     assert props["residual_pressure_kbar"] == props["final_scf_pressure_kbar"]
     assert not [e for e in events if e["type"] == "RecoveryDecided"]
+    shown = eventflow(project, "show", "C").stdout
+    assert "C/OPT/1: final SCF pressure -149.23 kbar" in shown and "raise ecutwfc" in shown
 
 
 def test_switched_on_the_policy_reruns_the_opt_at_a_higher_cutoff(tmp_path: Path,

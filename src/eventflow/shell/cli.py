@@ -155,6 +155,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             for p in props:
                 ptable.add_row(p["name"], _fmt(p["value"]), p["unit"] or "", p["calculation_id"])
             console.print(ptable)
+        warned = [(h["data"].get("calculation_id", ""), w) for h in history
+                  if h["type"] == "CalculationSucceeded"
+                  for w in (h["data"].get("summary") or {}).get("warnings", [])]
+        if warned:  # whole sentences (a low-cutoff vc-relax says to raise ecutwfc), never cut
+            console.print("[bold]warnings[/bold] in the outputs of succeeded calculations")
+            for cid, warning in warned:
+                print(f"  {cid}: {warning}")
         console.print("[bold]history[/bold]")
         for h in history:
             print(_event_line(h))
