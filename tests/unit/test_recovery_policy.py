@@ -677,6 +677,15 @@ def test_residual_pressure_reruns_the_opt_at_a_higher_cutoff_when_switched_on() 
         == [("SP", 1)]
 
 
+def test_residual_pressure_reruns_at_once_even_with_a_delay() -> None:
+    delayed = RAISE_CUTOFF.replace("    stages:", "    delay: 10m\n    stages:")
+    rc = load_recovery_texts(DEFAULTS_TEXT, delayed)
+    m = Material(policy(rc, RELAX_THEN_SCF), workflow="relax")
+    out = m.succeed("OPT", _low_cutoff_summary())
+    assert not [c for c in out if isinstance(c, cmd.WaitUntil)]
+    assert [(r.step, r.attempt) for r in requests(out)] == [("OPT", 2)]
+
+
 def test_a_vc_relax_at_the_target_pressure_goes_on_with_the_rule_switched_on() -> None:
     rc = load_recovery_texts(DEFAULTS_TEXT, RAISE_CUTOFF)
     m = Material(policy(rc, RELAX_THEN_SCF), workflow="relax")

@@ -81,8 +81,10 @@ def review(state: Any, calc: Any, rec: ev.Recorded, config: Any) -> list[cmd.Com
     limit = config.recovery.max_recoveries_per_material
     if isinstance(plan, str) or recoveries_used(state) >= limit:
         return []  # used up: the result stands, with its warning
-    plan = attrs.evolve(plan, details=(f"final SCF {residual:+g} kbar off the target",
-                                       *plan.details))
+    # At once: a wait is only ever resumed for failed attempts (``due``), and a finished
+    # relaxation has nothing to wait for.
+    plan = attrs.evolve(plan, delay_s=0, details=(f"final SCF {residual:+g} kbar off the target",
+                                                  *plan.details))
     return _resubmit(state, calc, kind, plan, rec.recorded_at)
 
 
