@@ -469,6 +469,9 @@ def test_a_cutoff_below_the_converged_one_or_not_converged_is_said() -> None:
     assert PLUGIN.input_notes(si, "OPT", _params(ecutwfc=60)) == []
     (low,) = PLUGIN.input_notes(si, "OPT", _params(ecutwfc=14))
     assert "14 Ry is below the 40 Ry that Si.pz-vbc.UPF (Si) needs" in low
-    (untested,) = PLUGIN.input_notes(_bulk("Al", "fcc", a=4.05), "SP", _params())
-    assert "Al.pz-vbc.UPF" in untested and "not known to be converged" in untested
+    from ase import Atoms
+
+    oxygen = Atoms("O", cell=[4.0, 4.0, 4.0], pbc=True)
+    (untested,) = PLUGIN.input_notes(oxygen, "SP", _params())
+    assert "O.pz-rrkjus.UPF" in untested and "not known to be converged" in untested
     assert PLUGIN.input_notes(_bulk("Au", "fcc", a=4.08), "SP", _params()) == []  # UPF header
