@@ -414,3 +414,64 @@ def test_parsed_structure_hands_over_to_the_next_step() -> None:
     rendered = render_inputs(atoms, "SP", _params())["pw.in"]
     assert "2.80688422600000" in rendered
     assert math.isclose(atoms.cell.lengths()[0], math.sqrt(2) * 2.806884226)
+
+
+def test_no_cutoff_is_guessed() -> None:
+    with pytest.raises(ValueError, match="pz/Pb needs ecutrho.*this one is US"):
+        pseudo_table({"families": {"pz": {"Pb": {"file": "Pb.UPF", "ecutwfc": 30, "type": "US"}}}})
+    with pytest.raises(ValueError, match="pz/X needs ecutrho.*of unknown type"):
+        pseudo_table({"families": {"pz": {"X": {"file": "X.UPF", "ecutwfc": 30}}}})
+    with pytest.raises(ValueError, match="must be positive"):
+        pseudo_table({"families": {"pz": {"Si": {"file": "Si.UPF", "ecutwfc": -30,
+                                                 "type": "NC"}}}})
+    nc = pseudo_table({"families": {"pz": {"Si": {"file": "Si.UPF", "ecutwfc": 30,
+                                                  "type": "NC"}}}})
+    assert nc.families["pz"]["Si"].ecutrho == 120  # exact for a norm-conserving file
+
+
+def test_every_shipped_cutoff_says_where_it_comes_from() -> None:
+    entries = [p for family in pseudo_table(TABLE).families.values() for p in family.values()]
+    assert all(p.source for p in entries)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cutoffs.md").read_text()
+    for p in entries:
+        if p.source == "convergence test":  # its figures and command are in docs/cutoffs.md
+            assert f"`{p.file}`: ecutwfc {p.ecutwfc:g} Ry, ecutrho {p.ecutrho:g} Ry" in doc
+
+
+def test_upf_header_cutoffs_are_the_headers_own() -> None:
+    """Every entry whose source is the UPF header has the header's suggested cutoffs."""
+    import re
+
+    from eventflow.shell.config import DEFAULT_PSEUDO_DIR
+    from tests.conftest import require
+
+    folder = Path(DEFAULT_PSEUDO_DIR)  # Debian's quantum-espresso-data
+    require(folder.is_dir(), "quantum-espresso-data is not installed")
+    table = pseudo_table(TABLE)
+    checked = 0
+    for family in table.families.values():
+        for p in family.values():
+            head = (folder / p.file).read_text(errors="replace")[:20000]
+            wfc = re.search(r"Suggested minimum cutoff for wavefunctions:\s*([\d.]+)", head)
+            rho = re.search(r"Suggested minimum cutoff for charge density:\s*([\d.]+)", head)
+            suggested = (float(wfc.group(1)), float(rho.group(1))) if wfc and rho else (0, 0)
+            if p.source == "UPF header":
+                assert (p.ecutwfc, p.ecutrho) == suggested, p.file
+                checked += 1
+            else:  # the header suggests nothing, which is why another source was needed
+                assert suggested == (0, 0), p.file
+    assert checked >= 15
+
+
+def test_a_cutoff_below_the_converged_one_or_not_converged_is_said() -> None:
+    si = _bulk("Si", "diamond", a=5.431)
+    assert PLUGIN.input_notes(si, "OPT", _params()) == []  # the table's converged 40 Ry
+    assert PLUGIN.input_notes(si, "OPT", _params(ecutwfc=60)) == []
+    (low,) = PLUGIN.input_notes(si, "OPT", _params(ecutwfc=14))
+    assert "14 Ry is below the 40 Ry that Si.pz-vbc.UPF (Si) needs" in low
+    from ase import Atoms
+
+    oxygen = Atoms("O", cell=[4.0, 4.0, 4.0], pbc=True)
+    (untested,) = PLUGIN.input_notes(oxygen, "SP", _params())
+    assert "O.pz-rrkjus.UPF" in untested and "not known to be converged" in untested
+    assert PLUGIN.input_notes(_bulk("Au", "fcc", a=4.08), "SP", _params()) == []  # UPF header

@@ -18,7 +18,15 @@ from eventflow.core import commands as cmd
 from eventflow.core import events as ev
 from eventflow.core.intents import intent
 from eventflow.core.policy import PolicyConfig, decide
-from eventflow.core.recovery import RecoveryConfig, due, load_recovery_text, recover, units
+from eventflow.core.recovery import (
+    RecoveryConfig,
+    due,
+    load_recovery_text,
+    load_recovery_texts,
+    recover,
+    review,
+    units,
+)
 from eventflow.core.state import MaterialState, apply
 from eventflow.core.workflow import BUILTIN, StepDef, Workflow
 
@@ -29,7 +37,8 @@ T0 = "2024-05-01T10:00:00.000000Z"
 def policy(rc: RecoveryConfig | None = None, workflows: dict[str, Workflow] | None = None,
            ) -> PolicyConfig:
     return PolicyConfig(workflows=workflows or dict(BUILTIN),
-                        recovery=rc or load_recovery_text(DEFAULTS_TEXT), recover=recover)
+                        recovery=rc or load_recovery_text(DEFAULTS_TEXT), recover=recover,
+                        review=review)
 
 
 class Material:
@@ -84,8 +93,9 @@ class Material:
         cid = self.run(step)
         return self.feed(ev.CalculationFailed(cid, kind, [{"line": 1, "text": kind}], "test/1"))
 
-    def succeed(self, step: str = "SP") -> list[cmd.Command]:
-        return self.feed(ev.CalculationSucceeded(self.run(step), "test/1"))
+    def succeed(self, step: str = "SP", summary: dict[str, Any] | None = None,
+                ) -> list[cmd.Command]:
+        return self.feed(ev.CalculationSucceeded(self.run(step), "test/1", summary or {}))
 
 
 def requests(commands: list[cmd.Command]) -> list[cmd.RequestStep]:
@@ -613,3 +623,79 @@ def test_recovery_slots_count_running_recovery_attempts_only() -> None:
     assert recovery_slots(states, 3) == 2
     assert recovery_slots(states, 1) == 0
     assert recovery_slots(states, 0) == 0
+
+
+# --- a vc-relax that succeeded off the target pressure (qe.residual_pressure) -----------------
+
+RELAX_THEN_SCF = {"relax": Workflow("relax", {"OPT": StepDef("OPT"),
+                                              "SP": StepDef("SP", after_ok=("OPT",))})}
+RAISE_CUTOFF = """
+qe:
+  residual_pressure:
+    stages:
+      - name: raise the cutoff
+        multiply: {system.ecutwfc: 1.5, system.ecutrho: 1.5}
+        max_retries: 2
+"""
+
+
+def _low_cutoff_summary() -> dict[str, Any]:
+    """What the shell records for the real diamond vc-relax at 30 Ry (tests/data/qe)."""
+    from eventflow.codes.qe.parse import check, parse
+
+    text = (Path(__file__).resolve().parents[1] / "data" / "qe"
+            / "c_diamond_vcrelax_ecutwfc30.out").read_text()
+    result = check(parse(text), {"ecutwfc": 30})
+    return {"warnings": list(result.warnings),
+            "residual_pressure_kbar": result.properties["residual_pressure_kbar"]}
+
+
+def test_residual_pressure_by_default_keeps_the_result_and_goes_on() -> None:
+    m = Material(policy(workflows=RELAX_THEN_SCF), workflow="relax", params={"ecutwfc": 30})
+    out = m.succeed("OPT", _low_cutoff_summary())
+    assert [(r.step, r.attempt) for r in requests(out)] == [("SP", 1)]
+    assert m.latest("OPT").recovery is None
+
+
+def test_residual_pressure_reruns_the_opt_at_a_higher_cutoff_when_switched_on() -> None:
+    rc = load_recovery_texts(DEFAULTS_TEXT, RAISE_CUTOFF)
+    m = Material(policy(rc, RELAX_THEN_SCF), workflow="relax", params={"ecutwfc": 30})
+    made = requests(m.succeed("OPT", _low_cutoff_summary()))
+    assert [(r.step, r.attempt) for r in made] == [("OPT", 2)]
+    # the material's 30 Ry x 1.5; ecutrho (from the table) multiplied in the rendered input
+    assert made[0].changes == {"system.ecutwfc": 45, "system.ecutrho": {"multiply": 1.5}}
+    decision = m.state.calcs[f"{m.mid}/OPT/1"].recovery
+    assert decision.error_kind == "residual_pressure" and decision.action == "resubmit"
+    assert "-149.23 kbar off the target" in decision.reason
+    made = requests(m.succeed("OPT", _low_cutoff_summary()))
+    assert made[0].changes["system.ecutwfc"] == 68  # 45 x 1.5, rounded up
+    assert made[0].changes["system.ecutrho"] == {"multiply": 2.25}
+    # max_retries 2 used: the third result stands with its warning and the workflow goes on
+    assert [(r.step, r.attempt) for r in requests(m.succeed("OPT", _low_cutoff_summary()))] \
+        == [("SP", 1)]
+
+
+def test_residual_pressure_reruns_at_once_even_with_a_delay() -> None:
+    delayed = RAISE_CUTOFF.replace("    stages:", "    delay: 10m\n    stages:")
+    rc = load_recovery_texts(DEFAULTS_TEXT, delayed)
+    m = Material(policy(rc, RELAX_THEN_SCF), workflow="relax")
+    out = m.succeed("OPT", _low_cutoff_summary())
+    assert not [c for c in out if isinstance(c, cmd.WaitUntil)]
+    assert [(r.step, r.attempt) for r in requests(out)] == [("OPT", 2)]
+
+
+def test_a_vc_relax_at_the_target_pressure_goes_on_with_the_rule_switched_on() -> None:
+    rc = load_recovery_texts(DEFAULTS_TEXT, RAISE_CUTOFF)
+    m = Material(policy(rc, RELAX_THEN_SCF), workflow="relax")
+    assert [(r.step, r.attempt) for r in requests(m.succeed("OPT", {"warnings": []}))] \
+        == [("SP", 1)]
+
+
+def test_the_raised_cutoff_reaches_the_pw_input() -> None:
+    from eventflow.codes.qe.changes import read_namelists
+
+    files = _apply("qe", "OPT", {"system.ecutwfc": 45, "system.ecutrho": {"multiply": 1.5}})
+    system = read_namelists(files["pw.in"])["system"]
+    plain = read_namelists(_rendered("qe", "OPT")["pw.in"])["system"]
+    assert system["ecutwfc"] == 45
+    assert system["ecutrho"] == pytest.approx(plain["ecutrho"] * 1.5)

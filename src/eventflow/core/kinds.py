@@ -27,6 +27,9 @@ class ErrorKind(str, Enum):
     NODE_FAILURE = "node_failure"
     DISK_FULL = "disk_full"
     UNPHYSICAL_RESULT = "unphysical_result"
+    # Not a failure: a vc-relax that succeeded with its final SCF off the target pressure
+    # (Pulay stress, too low a cutoff). Only the recovery policy's review of a success uses it.
+    RESIDUAL_PRESSURE = "residual_pressure"
 
     def __str__(self) -> str:
         return self.value

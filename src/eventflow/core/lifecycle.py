@@ -98,7 +98,8 @@ CALCULATION_TRANSITIONS: tuple[dict[str, Any], ...] = (
     {"trigger": "ResultRejected", "source": ["running", "completed"], "dest": "running"},
     {"trigger": "ScratchCleanupDecided", "source": "completed", "dest": "completed"},
     {"trigger": "OutputReinterpreted", "source": list(CALCULATION_STATES), "dest": "="},
-    {"trigger": "RecoveryDecided", "source": ["failed", "lost"], "dest": "="},
+    # On a completed attempt: the policy redoes a success it distrusts (core.recovery.review).
+    {"trigger": "RecoveryDecided", "source": ["failed", "lost", "completed"], "dest": "="},
 )
 
 

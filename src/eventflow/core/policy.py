@@ -28,6 +28,9 @@ class PolicyConfig:
     workflows: Mapping[str, Workflow] = attrs.field(factory=lambda: dict(BUILTIN))
     recovery: Any = None  # core.recovery.RecoveryConfig, when configured
     recover: RecoveryRule | None = None
+    # (state, succeeded calculation, event, config) -> commands that redo the step instead
+    # of going on (empty: go on); filled in by core.recovery
+    review: RecoveryRule | None = None
 
 
 def advance(state: MaterialState, workflow: Workflow) -> list[cmd.Command]:
@@ -53,6 +56,12 @@ def decide(state: MaterialState, rec: Recorded, config: PolicyConfig) -> list[cm
     if t in ("MaterialRegistered", "MaterialReleased", "CalculationSucceeded"):
         if state.state == "needs_attention":
             return []
+        if t == "CalculationSucceeded" and config.review is not None:
+            calc = state.calcs[rec.event.calculation_id]  # type: ignore[attr-defined]
+            if calc.recovery is None and state.latest(calc.step) is calc:
+                redo = config.review(state, calc, rec, config)
+                if redo:
+                    return redo
         return advance(state, workflow)
     if t in ("CalculationFailed", "JobLost"):
         calc = state.calcs[rec.event.calculation_id]  # type: ignore[attr-defined]

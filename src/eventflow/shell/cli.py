@@ -143,6 +143,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         console.print(_calculations_table(calcs, console.width))
         if props:
             console.print(_properties_table(props, console.width))
+        warned = [(h["data"].get("calculation_id", ""), w) for h in history
+                  if h["type"] == "CalculationSucceeded"
+                  for w in (h["data"].get("summary") or {}).get("warnings", [])]
+        if warned:  # whole sentences (a low-cutoff vc-relax says to raise ecutwfc), never cut
+            console.print("[bold]warnings[/bold] in the outputs of succeeded calculations")
+            for cid, warning in warned:
+                print(f"  {cid}: {warning}")
         console.print("[bold]history[/bold]")
         for h in history:
             print(_event_line(h))

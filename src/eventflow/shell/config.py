@@ -42,7 +42,8 @@ def load_policy(project: Project) -> PolicyConfig:
     user_text = own.read_text(encoding="utf-8") if own.is_file() else None
     rules = recovery.load_recovery_texts(data_text("config", "recovery.yaml"), user_text,
                                          user_source=str(own))
-    return PolicyConfig(workflows=workflows, recovery=rules, recover=recovery.recover)
+    return PolicyConfig(workflows=workflows, recovery=rules, recover=recovery.recover,
+                        review=recovery.review)
 
 
 def scheduler_for(project: Project) -> tuple[Any, str]:

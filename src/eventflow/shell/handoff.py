@@ -34,6 +34,7 @@ What a code plugin may say (every method optional except render_inputs):
 from __future__ import annotations
 
 import hashlib
+import logging
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -267,8 +268,11 @@ def prepare_inputs(
     atoms = structure_of(project, plugin, state, start_from, initial)
     try:
         files = plugin.render_inputs(atoms, calc.step, params)
+        notes = getattr(plugin, "input_notes", lambda *_: [])(atoms, calc.step, params)
     except ValueError as exc:
         raise EventflowError(f"{calc.id}: cannot write the inputs: {exc}") from exc
+    for note in notes:  # a choice made explicitly, never silently (e.g. a low cutoff)
+        logging.getLogger("eventflow").warning("%s: %s", calc.id, note)
     commands = job_commands(plugin, calc.step, executables, launcher)
     return files, commands, handed
 

@@ -8,6 +8,7 @@ PropertiesExtracted) or CalculationFailed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
@@ -97,6 +98,10 @@ def interpret(
             getattr(plugin, "parser_version", plugin.name))]
     else:
         result = plugin.parse(text)
+    if hasattr(plugin, "check"):  # judgements that need the run's parameters
+        # (a ValueError: they changed since the inputs were written; the parse's own stands)
+        with contextlib.suppress(ValueError):
+            result = plugin.check(result, params)
     parser = result.parser or getattr(plugin, "parser_version", plugin.name)
     kind = result.error_kind
     if time_limit and kind in (None, "truncated"):
@@ -129,8 +134,12 @@ def interpret(
     props = as_properties(values)
     if props:
         events.append(ev.PropertiesExtracted(calc.id, props, parser))
-    events.append(ev.CalculationSucceeded(
-        calc.id, parser, {"program": result.program, "calculation": result.calculation}))
+    summary: dict[str, Any] = {"program": result.program, "calculation": result.calculation}
+    if result.warnings:
+        summary["warnings"] = list(result.warnings)
+    if "residual_pressure_kbar" in values:  # the policy's cutoff rule reads it (core.policy)
+        summary["residual_pressure_kbar"] = values["residual_pressure_kbar"]
+    events.append(ev.CalculationSucceeded(calc.id, parser, summary))
     from eventflow.shell.handoff import final_structure
 
     atoms = final_structure(plugin, result)

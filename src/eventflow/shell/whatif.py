@@ -29,7 +29,7 @@ from eventflow.core import commands as cmd
 from eventflow.core import events as ev
 from eventflow.core.intents import intent
 from eventflow.core.policy import PolicyConfig, decide
-from eventflow.core.recovery import due, load_recovery_texts, recover
+from eventflow.core.recovery import due, load_recovery_texts, recover, review
 from eventflow.core.state import MaterialState, apply
 from eventflow.errors import EventflowError
 from eventflow.resources import data_text
@@ -78,7 +78,8 @@ def load_other_policy(project: Project, path: Path) -> PolicyConfig:
     except OSError as exc:
         raise EventflowError(f"{path}: cannot read the other policy: {exc.strerror}") from exc
     rules = load_recovery_texts(data_text("config", "recovery.yaml"), text, user_source=str(path))
-    return PolicyConfig(workflows=load_workflows(project), recovery=rules, recover=recover)
+    return PolicyConfig(workflows=load_workflows(project), recovery=rules, recover=recover,
+                        review=review)
 
 
 def run_what_if(project: Project, args: argparse.Namespace) -> int:

@@ -31,6 +31,10 @@ class QEPlugin:
         """pw.x (and bands.x / dos.x) inputs for ``step`` (OPT, SP, BAND, DOS)."""
         return inputs.render_inputs(structure, step, params)
 
+    def input_notes(self, structure: Any, step: str, params: dict[str, Any]) -> list[str]:
+        """Sentences the shell logs about the inputs (cutoffs not known to be converged)."""
+        return inputs.input_notes(structure, step, params)
+
     def main_output(self, step: str) -> str:
         """The pw.x output of ``step``: the one whose parse decides the step's status."""
         return inputs.main_output(step)
@@ -38,6 +42,10 @@ class QEPlugin:
     def apply_changes(self, inputs_: dict[str, str], changes_: dict[str, Any]) -> dict[str, str]:
         """Inputs with namelist changes such as ``{"electrons.mixing_beta": 0.3}`` applied."""
         return changes.apply_changes(inputs_, changes_)
+
+    def check(self, result: ParseResult, params: dict[str, Any]) -> ParseResult:
+        """``result`` judged against the run's parameters (a vc-relax's target pressure)."""
+        return parse.check(result, params)
 
     def sanity_problems(self, result: ParseResult) -> list[str]:
         """Reasons to reject a parse that claims success (see parse.sanity_problems)."""

@@ -17,9 +17,8 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from eventflow.codes.qe.changes import RUNNER_MARKERS, apply_changes, fortran_value
+from eventflow.codes.qe.pseudos import Pseudo, PseudoTable, cutoff_notes, pseudo_table
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -67,78 +66,15 @@ DEFAULTS: dict[str, Any] = {
     "etot_conv_thr": None,
     "forc_conv_thr": None,
     "press_conv_thr": 0.5,  # kbar
+    "press": None,  # kbar, the target pressure of a vc-relax; None: pw.x's 0
+    # Not an input: a vc-relax whose final SCF is further than this from ``press`` gets a
+    # warning (the plugin's check), because the cutoff is too low (Pulay stress).
+    "pressure_tolerance_kbar": 10.0,
     "cell_dofree": None,
     "dos_delta_e": 0.05,  # eV
 }
 WALLTIME_FRACTION = 0.95
-
-
-@attrs.frozen
-class Pseudo:
-    """One pseudopotential file and what the table suggests for it."""
-
-    file: str
-    ecutwfc: float
-    ecutrho: float
-    valence: float | None = None
-    type: str | None = None
-
-
-@attrs.frozen
-class PseudoTable:
-    """The loaded config/pseudopotentials.yaml, checked."""
-
-    default_family: str
-    families: dict[str, dict[str, Pseudo]]
-    magnetic_elements: dict[str, float]
-    metallic_elements: frozenset[str]
-
-    def family(self, name: str | None) -> dict[str, Pseudo]:
-        chosen = name or self.default_family
-        if chosen not in self.families:
-            raise ValueError(
-                f"pseudopotential family {chosen!r} is not in the table "
-                f"(families: {', '.join(sorted(self.families))})"
-            )
-        return self.families[chosen]
-
-
-def pseudo_table(data: Any) -> PseudoTable:
-    """Check the mapping loaded from config/pseudopotentials.yaml and return it typed."""
-    if isinstance(data, PseudoTable):
-        return data
-    if not isinstance(data, dict) or not isinstance(data.get("families"), dict):
-        raise ValueError("pseudopotential table: expected a mapping with a 'families' mapping")
-    families: dict[str, dict[str, Pseudo]] = {}
-    for family, entries in data["families"].items():
-        if not isinstance(entries, dict):
-            raise ValueError(f"pseudopotential table: family {family!r} is not a mapping")
-        families[family] = {}
-        for element, entry in entries.items():
-            try:
-                families[family][element] = Pseudo(
-                    file=str(entry["file"]),
-                    ecutwfc=float(entry["ecutwfc"]),
-                    ecutrho=float(entry.get("ecutrho", 4 * float(entry["ecutwfc"]))),
-                    valence=float(entry["valence"]) if "valence" in entry else None,
-                    type=entry.get("type"),
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(
-                    f"pseudopotential table: {family}/{element} needs file and ecutwfc ({exc})"
-                ) from None
-    default = data.get("default_family") or next(iter(families), "")
-    if default not in families:
-        raise ValueError(f"pseudopotential table: default_family {default!r} is not a family")
-    magnetic = data.get("magnetic_elements") or {}
-    if isinstance(magnetic, list):
-        magnetic = dict.fromkeys(magnetic, 0.5)
-    return PseudoTable(
-        default_family=default,
-        families=families,
-        magnetic_elements={str(k): float(v) for k, v in magnetic.items()},
-        metallic_elements=frozenset(data.get("metallic_elements") or ()),
-    )
+__all__ = ["DEFAULTS", "Pseudo", "PseudoTable", "pseudo_table", "render_inputs"]
 
 
 def _params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -152,6 +88,13 @@ def _params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             f"known: {', '.join(sorted(DEFAULTS))}"
         )
     merged = {**DEFAULTS, **{k: v for k, v in plain.items() if v is not None}}
+    for key in ("press", "pressure_tolerance_kbar"):  # checked here, before any job runs
+        value = merged[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{key} {value!r}: expected a number (kbar)")
+    tolerance = merged["pressure_tolerance_kbar"]
+    if tolerance is not None and tolerance < 0:
+        raise ValueError(f"pressure_tolerance_kbar must be >= 0, got {tolerance}")
     if merged["pseudopotentials"] is None:
         raise ValueError(
             "params['pseudopotentials'] is missing: pass the loaded config/pseudopotentials.yaml"
@@ -306,6 +249,8 @@ def _namelists(
     if step == "OPT":
         namelists["ions"] = {"ion_dynamics": "bfgs"}
         cell = {"cell_dynamics": "bfgs", "press_conv_thr": float(p["press_conv_thr"])}
+        if p["press"] is not None:
+            cell["press"] = float(p["press"])
         if p["cell_dofree"]:
             cell["cell_dofree"] = p["cell_dofree"]
         namelists["cell"] = cell
@@ -425,6 +370,15 @@ def render_inputs(atoms: Atoms, step: str, params: dict[str, Any]) -> dict[str, 
             "DOS", {**common, "fildos": "dos.dat", "DeltaE": float(p["dos_delta_e"])}
         )
     return apply_changes(files, namelist_settings) if namelist_settings else files
+
+
+def input_notes(atoms: Atoms, step: str, params: dict[str, Any]) -> list[str]:
+    """What the shell should log about the inputs of ``step`` (cutoffs below the converged
+    ones, or not known to be converged); empty when there is nothing to say."""
+    p, _ = _params(params)
+    table = pseudo_table(p["pseudopotentials"])
+    pseudos = _species(atoms, table, p["pseudo_family"])
+    return cutoff_notes(pseudos, float(p["ecutwfc"]) if p["ecutwfc"] is not None else None)
 
 
 def run_sequence(step: str) -> list[tuple[str, str, str]]:

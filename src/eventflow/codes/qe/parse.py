@@ -14,6 +14,8 @@ import math
 import re
 from typing import Any
 
+import attrs
+
 from eventflow.codes.base import BOHR_ANGSTROM, RYDBERG_EV, Finding, ParseResult
 from eventflow.codes.qe import patterns as pat
 
@@ -139,6 +141,11 @@ class _Scan:
         self.forces: list[list[float]] | None = None
         self.total_force: float | None = None
         self.pressure: float | None = None
+        # A vc-relax ends with an SCF at the relaxed cell on G-vectors made afresh for it;
+        # its pressure, not the last BFGS step's, says whether the cutoff was high enough.
+        self.final_scf = False
+        self.relaxed_pressure: float | None = None
+        self.final_scf_pressure: float | None = None
         self.stress: list[list[float]] | None = None
         self.enthalpy: float | None = None
         self.n_scf_iterations: int | None = None
@@ -269,6 +276,8 @@ class _Scan:
     def _read_stress(self, i: int) -> None:
         pressure = _floats(_after(self.lines[i], "P="))
         self.pressure = pressure[0] if pressure else None
+        if self.final_scf:
+            self.final_scf_pressure = self.pressure
         rows = []
         for line in self.lines[i + 1 : i + 4]:
             values = _floats(line)
@@ -421,6 +430,10 @@ class _Scan:
         elif "convergence has been achieved in" in line or "convergence NOT achieved after" in line:
             values = _floats(line.split("in" if "achieved in" in line else "after", 1)[-1])
             self.n_scf_iterations = int(values[0]) if values else None
+        elif "scf calculation at the relaxed structure" in line:
+            # "Final scf calculation at ..." (QE 6) or "A final scf calculation at ..." (QE 7)
+            self.final_scf = True
+            self.relaxed_pressure = self.pressure
         elif "Band Structure Calculation" in line:
             self.band_structure = True
         elif "End of band structure calculation" in line:
@@ -552,6 +565,10 @@ def _properties(scan: _Scan, energy_ev: float | None) -> dict[str, Any]:  # noqa
         props["total_force_ev_per_ang"] = scan.total_force * RY_PER_BOHR_TO_EV_PER_ANG
     if scan.pressure is not None:
         props["pressure_kbar"] = scan.pressure
+    if scan.relaxed_pressure is not None:
+        props["relaxed_pressure_kbar"] = scan.relaxed_pressure
+    if scan.final_scf_pressure is not None:
+        props["final_scf_pressure_kbar"] = scan.final_scf_pressure
     if scan.stress is not None:
         props["stress_kbar"] = scan.stress
         props["stress_max_kbar"] = max(abs(x) for row in scan.stress for x in row)
@@ -620,6 +637,11 @@ def parse(text: str) -> ParseResult:
         f"{message} (x{count})" if count > 1 else message
         for message, count in scan.warnings.items()
     )
+    properties = _properties(scan, energy_ev)
+    residual = pressure_warning(properties)
+    if residual is not None:
+        warnings += (residual,)
+        properties["residual_pressure_kbar"] = properties["final_scf_pressure_kbar"]
     return ParseResult(
         code="qe",
         program=scan.program,
@@ -632,8 +654,39 @@ def parse(text: str) -> ParseResult:
         energy_ev=energy_ev,
         band_gap_ev=gap,
         warnings=warnings,
-        properties=_properties(scan, energy_ev),
+        properties=properties,
         parser=PARSER_NAME,
+    )
+
+
+# pw.x does not print the target pressure (``press`` in &CELL), so a parse of the text
+# alone compares with 0 kbar; the plugin's ``check`` uses the run's own parameters.
+TARGET_PRESSURE_KBAR = 0.0
+PRESSURE_TOLERANCE_KBAR = 10.0
+PRESSURE_WARNING = "final SCF pressure"
+
+
+def pressure_warning(
+    properties: dict[str, Any],
+    target_kbar: float = TARGET_PRESSURE_KBAR,
+    tolerance_kbar: float = PRESSURE_TOLERANCE_KBAR,
+) -> str | None:
+    """The warning for a vc-relax whose final SCF is off the target pressure, else None.
+
+    pw.x relaxes the cell with the plane waves of the starting cell; the final SCF
+    recounts them for the relaxed cell. A large difference between the two pressures
+    (and so from the target) is Pulay stress: the cutoff is too low for the
+    pseudopotentials, and the relaxed lattice constant is wrong by as much.
+    """
+    final = properties.get("final_scf_pressure_kbar")
+    if not isinstance(final, int | float) or abs(final - target_kbar) <= tolerance_kbar:
+        return None
+    relaxed = properties.get("relaxed_pressure_kbar")
+    before = f" (the relaxation ended at {relaxed:g} kbar)" if relaxed is not None else ""
+    return (
+        f"{PRESSURE_WARNING} {final:g} kbar differs from the target {target_kbar:g} kbar by "
+        f"more than {tolerance_kbar:g} kbar{before}: Pulay stress from too low a cutoff; "
+        "raise ecutwfc (and ecutrho) and relax again"
     )
 
 
@@ -669,3 +722,32 @@ def sanity_problems(result: ParseResult) -> list[str]:
     if is_pw and result.calculation in _PW_ENERGY_CALCULATIONS and result.energy is None:
         problems.append(f"pw.x {result.calculation} run printed no total energy ('!' line)")
     return problems
+
+
+def check(result: ParseResult, params: dict[str, Any]) -> ParseResult:
+    """``result`` with the final-SCF pressure judged against the run's own parameters.
+
+    The target is ``press`` (or ``cell.press``, kbar; default 0), the tolerance
+    ``pressure_tolerance_kbar`` (default 10 kbar). A bad value in either is an error.
+    A flagged run gets the warning and ``residual_pressure_kbar`` (final SCF - target).
+    """
+    target = params.get("cell.press", params.get("press"))
+    tolerance = params.get("pressure_tolerance_kbar")
+    try:
+        target_kbar = TARGET_PRESSURE_KBAR if target is None else float(target)
+        tolerance_kbar = PRESSURE_TOLERANCE_KBAR if tolerance is None else float(tolerance)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"press {target!r} and pressure_tolerance_kbar {tolerance!r} must be numbers (kbar)"
+        ) from None
+    if tolerance_kbar < 0:
+        raise ValueError(f"pressure_tolerance_kbar must be >= 0, got {tolerance_kbar:g}")
+    kept = tuple(w for w in result.warnings if not w.startswith(PRESSURE_WARNING))
+    residual = pressure_warning(result.properties, target_kbar, tolerance_kbar)
+    properties = {k: v for k, v in result.properties.items() if k != "residual_pressure_kbar"}
+    if residual is None:
+        return attrs.evolve(result, warnings=kept, properties=properties)
+    # Flagged: the offset becomes a property, which the policy's pressure rule reads.
+    properties["residual_pressure_kbar"] = properties["final_scf_pressure_kbar"] - target_kbar
+    return attrs.evolve(result, warnings=(*kept, residual), properties=properties)
+

@@ -3,7 +3,8 @@
 * :func:`parse_recovery` validates a loaded recovery.yaml into a :class:`RecoveryConfig`;
   :func:`load_recovery_text` does the same from the text, so errors name the line;
   :func:`load_recovery_texts` merges a user's file over the shipped defaults key by key.
-* :func:`recover` is the rule ``core.policy.decide`` calls for a failed attempt.
+* :func:`recover` is the rule ``core.policy.decide`` calls for a failed attempt;
+  :func:`review` the one it calls for a succeeded attempt it may redo.
 * :func:`due` is what the shell's tick asks once a delayed resubmission's wait is over.
 """
 
@@ -15,7 +16,7 @@ from eventflow.core.recovery import units
 from eventflow.core.recovery.model import Caps, CodeRules, RecoveryConfig, Rule, Stage
 from eventflow.core.recovery.parse import KNOWN_CODES, parse_recovery
 from eventflow.core.recovery.plan import TRANSIENT_RESOURCES, recoveries_used, stage_tries
-from eventflow.core.recovery.recover import due, error_kind, recover
+from eventflow.core.recovery.recover import due, error_kind, recover, review
 from eventflow.core.recovery.throttle import is_recovery_attempt, recovery_slots
 from eventflow.core.yamltext import load_with_lines, merge, merge_lines
 
@@ -61,6 +62,7 @@ __all__ = [
     "merge",
     "parse_recovery",
     "recover",
+    "review",
     "recoveries_used",
     "recovery_slots",
     "stage_tries",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from eventflow.core import commands as cmd
 from eventflow.core import events as ev
-from eventflow.core.kinds import ERROR_KINDS, kind_from_scheduler_state
+from eventflow.core.kinds import ERROR_KINDS, ErrorKind, kind_from_scheduler_state
 from eventflow.core.policy import QUIET_STATES, advance
 from eventflow.core.recovery import units
 from eventflow.core.recovery.plan import Plan, next_plan, recoveries_used
@@ -55,6 +57,35 @@ def recover(state: Any, calc: Any, rec: ev.Recorded, config: Any) -> list[cmd.Co
                                             "automatic recoveries (limits."
                                             "max_recoveries_per_material).", rule.instructions)
     return _resubmit(state, calc, kind, plan, rec.recorded_at)  # type: ignore[arg-type]
+
+
+def review(state: Any, calc: Any, rec: ev.Recorded, config: Any) -> list[cmd.Command]:
+    """Commands that redo a step which succeeded but which the policy distrusts; [] goes on.
+
+    One case: a vc-relax whose final SCF pressure is off the target (the parse's
+    ``residual_pressure_kbar``, in the success's summary). It is redone with the stages of
+    the code's ``residual_pressure`` rule (e.g. a higher cutoff) when the rule has any;
+    without stages, or once they are used up, the result stands with its warning.
+    """
+    if state.state in HANDS_OFF or config.recovery is None:
+        return []
+    summary = getattr(rec.event, "summary", None) or {}
+    residual = summary.get("residual_pressure_kbar")
+    if not isinstance(residual, int | float):
+        return []
+    kind = ErrorKind.RESIDUAL_PRESSURE.value
+    rule = config.recovery.rule_for(state.code, kind)
+    if rule is None or not rule.stages:
+        return []
+    plan = next_plan(state, calc, kind, rule, config.recovery, config.workflows)
+    limit = config.recovery.max_recoveries_per_material
+    if isinstance(plan, str) or recoveries_used(state) >= limit:
+        return []  # used up: the result stands, with its warning
+    # At once: a wait is only ever resumed for failed attempts (``due``), and a finished
+    # relaxation has nothing to wait for.
+    plan = attrs.evolve(plan, delay_s=0, details=(f"final SCF {residual:+g} kbar off the target",
+                                                  *plan.details))
+    return _resubmit(state, calc, kind, plan, rec.recorded_at)
 
 
 def _resubmit(state: Any, calc: Any, kind: str, plan: Plan, recorded_at: str) -> list[cmd.Command]:
