@@ -566,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventflow.shell import cli_io  # import, properties, export-structures
 
     cli_io.register(sub)
+    from eventflow.shell import cli_cluster  # cluster add/list/check/remove
+
+    cli_cluster.register(sub)
     return parser
 
 

@@ -1,0 +1,121 @@
+"""SLURM on another machine, through one SSH connection: the same Scheduler as the local one.
+
+The SLURM commands and their parsers are SlurmScheduler's own; only the runner of each argv
+differs (it goes through ``SshConnection.run``). What is new is the job folder's journey:
+``calcs/<material>/<step>/<attempt>/`` is copied up to ``<workdir>/calcs/...`` before sbatch
+(rsync with checksums) and copied back once its completion record exists there. Which
+records exist is asked for all followed jobs of the cluster in one call per cycle.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from pathlib import Path
+
+from eventflow.core import events as ev
+from eventflow.core.clusters import remote_path
+from eventflow.shell.jobs import RECORD
+from eventflow.shell.scheduler import (
+    DEFAULT_TIMEOUT,
+    CommandResult,
+    JobInfo,
+    SchedulerError,
+    SlurmScheduler,
+    SubmitError,
+    _check_job_name,
+    _one_line,
+    parse_sbatch,
+)
+from eventflow.shell.ssh import SshConnection, Unreachable
+
+# Lists which of the folders given as arguments hold a completion record: one round trip
+# for all followed jobs of a cluster. The folders are arguments ("$@"), never code.
+_LIST_RECORDS = 'for d in "$@"; do [ -f "$d/{record}" ] && printf "%s\\n" "$d"; done; exit 0'
+
+
+class RemoteScheduler:
+    """sbatch/squeue/scontrol/scancel on ``cluster`` over SSH; job folders copied both ways."""
+
+    def __init__(self, cluster: ev.ClusterAdded, project_root: Path, control_dir: Path,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.cluster = cluster
+        self.name = cluster.name
+        self.root = Path(project_root).resolve()
+        self.timeout = timeout
+        self.ssh = SshConnection(cluster, control_dir)
+        self.slurm = SlurmScheduler(timeout=timeout, runner=self._run, use_sacct=None)
+
+    def _run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        return self.ssh.run(argv, timeout)
+
+    # -- paths ----------------------------------------------------------------------------
+    def remote_dir(self, folder: Path) -> str:
+        """The remote twin of a job folder inside the project (refused when outside)."""
+        try:
+            relative = Path(folder).resolve().relative_to(self.root)
+        except ValueError as exc:
+            raise SchedulerError(f"{folder}: not inside the project {self.root}") from exc
+        return remote_path(self.cluster.workdir, relative.as_posix())
+
+    # -- the Scheduler protocol -------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            return self.slurm.ping()
+        except SchedulerError:
+            return False
+
+    def submit(self, script: Path, job_name: str, workdir: Path) -> str:
+        _check_job_name(job_name)
+        remote = self.remote_dir(workdir)
+        remote_script = posixpath.join(remote, Path(script).name)
+        try:
+            self.ssh.rsync([f"{Path(workdir).resolve()}/"], self.ssh.remote(remote + "/"),
+                           self.timeout)
+            argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--chdir={remote}"]
+            argv += [f"--{k}={v}" for k in ("partition", "qos", "account")
+                     if (v := getattr(self.cluster, k))]
+            result = self.ssh.run([*argv, remote_script], self.timeout)
+        except SchedulerError as exc:
+            raise SubmitError(f"{exc}; the job may have been submitted: look for it by name "
+                              f"{job_name!r}") from exc
+        if result.returncode != 0:
+            raise SubmitError(_one_line(result.stderr or result.stdout)
+                              or f"sbatch failed with exit code {result.returncode}")
+        return parse_sbatch(result.stdout)
+
+    def find(self, job_name: str) -> list[JobInfo]:
+        return self.slurm.find(job_name)
+
+    def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        return self.slurm.states(job_ids)
+
+    def cancel(self, job_id: str) -> None:
+        self.slurm.cancel(job_id)
+
+    # -- copying results back ---------------------------------------------------------------
+    def finished_folders(self, folders: Sequence[Path]) -> list[Path]:
+        """Of the local job ``folders``, those whose remote twin holds a completion record:
+        one round trip for all of them."""
+        if not folders:
+            return []
+        by_remote = {self.remote_dir(f): f for f in folders}
+        script = _LIST_RECORDS.format(record=RECORD)
+        result = self.ssh.run(["sh", "-c", script, "eventflow-list", *by_remote],
+                              self.timeout)
+        if result.returncode != 0:
+            raise SchedulerError(f"{self.name}: listing records: {_one_line(result.stderr)}")
+        return [by_remote[line] for line in result.stdout.splitlines() if line in by_remote]
+
+    def fetch(self, folder: Path) -> None:
+        """Copy the remote job folder back (checksums) in one rsync; ``--delay-updates`` puts
+        every file in place only at the end, so a local record means the rest has arrived."""
+        remote = self.remote_dir(folder)
+        self.ssh.rsync([self.ssh.remote(remote + "/")], f"{Path(folder).resolve()}/",
+                       self.timeout * 10, extra=["--delay-updates"])
+
+    def close(self) -> None:
+        self.ssh.close()
+
+
+__all__ = ["RemoteScheduler", "Unreachable"]
