@@ -16,6 +16,7 @@ import hashlib
 import os
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,10 +43,15 @@ class SshConnection:
             self.destination = check_host(cluster.ssh_config_host, "ssh config host")
         else:
             self.destination = check_host(cluster.host)
-        control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # A socket path must stay short (about 100 bytes): name it by a hash.
-        tag = hashlib.sha256(repr(attrs_tuple(cluster)).encode()).hexdigest()[:16]
-        self.control_path = str(control_dir / f"{tag}.sock")
+        # A socket path must stay short (108 bytes, and ssh adds a random suffix while it
+        # binds): a folder of this user's under the temporary folder, the socket named by a
+        # hash of the project's own place for it and the cluster's definition.
+        short = Path(tempfile.gettempdir()) / f"eventflow-ssh-{os.getuid()}"
+        short.mkdir(mode=0o700, exist_ok=True)
+        if short.stat().st_uid != os.getuid() or short.is_symlink():
+            raise SchedulerError(f"{short}: not this user's own folder; refusing its sockets")
+        tag = hashlib.sha256(repr((str(control_dir), attrs_tuple(cluster))).encode())
+        self.control_path = str(short / f"{tag.hexdigest()[:20]}.sock")
         self.round_trips = 0  # every ssh or rsync started: the benchmark counts them
 
     def ssh_options(self) -> list[str]:

@@ -1,0 +1,175 @@
+"""A "remote" cluster through the real loopback sshd (slurm/local-sshd) in front of the real
+local SLURM: jobs go up with rsync, run under sbatch over SSH, come back as events.
+
+The remote work folder is a different folder from the project, so nothing is shared by
+accident: the job runs in its remote copy and its results arrive only by rsync.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from eventflow.core import events as ev
+from eventflow.core.clusters import ClusterError
+from eventflow.shell import clusters
+from eventflow.shell.api import Tracker
+from eventflow.shell.remote import RemoteScheduler
+from eventflow.shell.ssh import SshConnection, Unreachable
+from eventflow.shell.watcher import run_once
+from tests.conftest import SSH_ALIAS
+from tests.integration.helpers import add, count, eventflow, unique, wait_for
+
+pytestmark = pytest.mark.usefixtures("need_slurm", "need_sshd")
+
+
+def _cluster(name: str, workdir: Path) -> ev.ClusterAdded:
+    return ev.ClusterAdded(name=name, host="127.0.0.1", ssh_config_host=SSH_ALIAS,
+                           workdir=str(workdir))
+
+
+def _project(tmp_path: Path) -> tuple[Path, Path]:
+    project, remote = tmp_path / "proj", tmp_path / "remote side"  # a space on purpose
+    Tracker.init(project).close()
+    (project / "config" / "cluster.yaml").write_text(
+        "executor: slurm\nmax_jobs: 100\nmax_submit: 100\ncluster: loop\n"
+        "defaults: {time: '00:10:00', mem: 200M}\n")
+    with Tracker.open(project) as t:
+        clusters.add(t, _cluster("loop", remote))
+    return project, remote
+
+
+def _cycle_until(project: Path, done: str, timeout: float = 120) -> None:
+    def step() -> bool:
+        with Tracker.open(project) as t:
+            run_once(t)
+        return count(project, done) > 0
+
+    wait_for(step, done, timeout=timeout, every=0.5)
+
+
+def test_a_job_runs_on_the_ssh_cluster_and_its_result_comes_back(tmp_path: Path) -> None:
+    project, remote = _project(tmp_path)
+    mid = unique("ssh")
+    add(project, mid, ["bash", "-c", "hostname > where.txt; echo done > SP.out"])
+    _cycle_until(project, "CalculationSucceeded")
+    with Tracker.open(project) as t:
+        state = t.state(mid)
+        (calc,) = state.calcs.values()
+        assert calc.scheduler == "loop" and calc.state == "completed"
+        folder = project / calc.directory
+    twin = remote / calc.directory
+    assert (twin / "eventflow-done.json").is_file()  # written remotely by the job ...
+    assert (folder / "eventflow-done.json").is_file()  # ... and copied back
+    assert (folder / "where.txt").read_text() == (twin / "where.txt").read_text()
+    script = (twin / "job.sh").read_text()
+    assert f"EF_JOB_DIR='{twin}'" in script  # the job ran in the remote copy
+    assert count(project, "JobSubmitted") == 1
+    assert eventflow(project, "verify").returncode == 0
+
+
+def _master_pid(ssh: SshConnection) -> int | None:
+    out = subprocess.run(["ssh", *ssh.ssh_options(), "-O", "check", "--", ssh.destination],
+                         capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    match = re.search(r"pid=(\d+)", out.stderr)
+    return int(match.group(1)) if match else None
+
+
+def test_a_connection_dropped_after_sbatch_never_submits_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch really runs over SSH; then the ControlMaster is killed (SIGKILL) before its
+    answer is read. Only the answer's loss is staged (the real sbatch answers in
+    milliseconds, too fast to cut in between): ssh's exit is replaced by Unreachable."""
+    project, _ = _project(tmp_path)
+    mid = unique("drop")
+    add(project, mid, ["bash", "-c", "echo done > SP.out"])
+    real_run = SshConnection.run
+    submitted: list[str] = []
+
+    def dropping_run(self: SshConnection, argv, timeout, stdin=None):  # type: ignore[no-untyped-def]
+        result = real_run(self, argv, timeout, stdin)
+        if argv and argv[0] == "sbatch" and not submitted:
+            submitted.append(result.stdout.strip())
+            pid = _master_pid(self)
+            assert pid is not None, "no ControlMaster: commands would not share one connection"
+            os.kill(pid, signal.SIGKILL)
+            raise Unreachable(f"{self.cluster.name}: mux_client_read_packet: Broken pipe")
+        return result
+
+    monkeypatch.setattr(SshConnection, "run", dropping_run)
+    with Tracker.open(project) as t:
+        report = run_once(t)
+    assert report.submit_failures == 1 and submitted and submitted[0].isdigit()
+    assert count(project, "JobSubmitted") == 0
+    time.sleep(10.5)  # the first retry of a failed submission is due after 10 s
+    _cycle_until(project, "CalculationSucceeded")
+    with Tracker.open(project) as t:
+        (calc,) = t.state(mid).calcs.values()
+        assert calc.job_id == submitted[0]  # found by name, not submitted again
+        name_rows = t.store.db.execute(
+            "SELECT count(*) FROM events WHERE type = 'JobSubmitted'").fetchone()[0]
+    assert name_rows == 1
+    from eventflow.shell.jobs import job_name
+
+    with Tracker.open(project) as t:
+        jobs = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i",
+                               f"--name={job_name(t.project.project_id, calc.id)}"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert jobs == [submitted[0]]
+
+
+HOSTILE = ["a b", "it's", 'say "hi"', "x; touch pwned", "$(touch pwned)", "`touch pwned`",
+           "-rf", "--help", "*", "~root", "new\\nline", "ends with \\"]
+
+
+def test_hostile_words_reach_the_remote_command_as_literal_words(tmp_path: Path) -> None:
+    ssh = SshConnection(_cluster("loop", tmp_path), tmp_path / "ctl")
+    try:
+        result = ssh.run(["sh", "-c", 'cd "$1" && shift && printf "%s\\n" "$@"', "sh",
+                          str(tmp_path), *HOSTILE], 30)
+    finally:
+        ssh.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:-1] == HOSTILE
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_remote_paths_outside_the_work_folder_are_refused(tmp_path: Path) -> None:
+    project, _ = _project(tmp_path)
+    with Tracker.open(project) as t:
+        remote = RemoteScheduler(clusters.defined(t.store)["loop"], project, tmp_path / "ctl")
+    with pytest.raises(Exception, match="not inside the project"):
+        remote.remote_dir(tmp_path / "elsewhere")
+    with pytest.raises(ClusterError, match="leaves the work folder"):
+        from eventflow.core.clusters import remote_path
+
+        remote_path(str(tmp_path / "remote side"), "calcs/../../etc")
+
+
+def test_a_cluster_with_active_jobs_cannot_be_removed(tmp_path: Path) -> None:
+    project, _ = _project(tmp_path)
+    mid = unique("busy")
+    add(project, mid, ["bash", "-c", "while [ ! -e go ]; do sleep 0.1; done"])
+    with Tracker.open(project) as t:
+        run_once(t)
+    proc = eventflow(project, "cluster", "remove", "loop", check=False)
+    assert proc.returncode == 1 and "active job" in proc.stderr
+    with Tracker.open(project) as t:
+        (calc,) = t.state(mid).calcs.values()
+    (tmp_path / "remote side" / calc.directory / "go").touch()
+    _cycle_until(project, "CalculationSucceeded")
+    assert eventflow(project, "cluster", "remove", "loop").returncode == 0
+    out = eventflow(project, "cluster", "list", "--json").stdout
+    assert '"clusters": []' in out
+
+
+def test_cluster_check_talks_to_slurm_through_ssh(tmp_path: Path) -> None:
+    project, _ = _project(tmp_path)
+    proc = eventflow(project, "cluster", "check", "loop", "--json")
+    assert '"ok": true' in proc.stdout and "slurm" in proc.stdout
