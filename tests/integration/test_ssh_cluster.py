@@ -173,3 +173,45 @@ def test_cluster_check_talks_to_slurm_through_ssh(tmp_path: Path) -> None:
     project, _ = _project(tmp_path)
     proc = eventflow(project, "cluster", "check", "loop", "--json")
     assert '"ok": true' in proc.stdout and "slurm" in proc.stdout
+
+
+def test_cancel_reaches_the_job_on_the_ssh_cluster(tmp_path: Path) -> None:
+    project, _ = _project(tmp_path)
+    mid = unique("cancel")
+    add(project, mid, ["bash", "-c", "while true; do sleep 0.1; done"])
+    with Tracker.open(project) as t:
+        run_once(t)
+        (calc,) = t.state(mid).calcs.values()
+    assert calc.job_id and calc.scheduler == "loop"
+    eventflow(project, "cancel", mid)
+
+    def cancelled() -> bool:
+        out = subprocess.run(["scontrol", "--oneliner", "show", "job", calc.job_id],
+                             capture_output=True, text=True, check=False).stdout
+        return "JobState=CANCELLED" in out
+
+    wait_for(cancelled, f"job {calc.job_id} cancelled through ssh", timeout=60)
+
+
+def test_an_unreachable_cluster_delays_submission_and_work_resumes_when_it_answers(
+        tmp_path: Path) -> None:
+    project, remote = _project(tmp_path)
+    with Tracker.open(project) as t:
+        clusters.remove(t, "loop")
+        # Nothing listens on port 1 of the loopback address: ssh's connection is refused.
+        clusters.add(t, ev.ClusterAdded(name="loop", host="127.0.0.1", port=1,
+                                        workdir=str(remote)))
+    mid = unique("down")
+    add(project, mid, ["bash", "-c", "echo done > SP.out"])
+    with Tracker.open(project) as t:
+        report = run_once(t)
+        (calc,) = t.state(mid).calcs.values()
+    assert report.submit_failures == 1 and calc.state == "requested" and calc.job_id is None
+    failed = count(project, "SubmissionFailed", '%loop%')
+    assert failed == 1  # the reason names the cluster
+    with Tracker.open(project) as t:  # the cluster answers again (its address corrected)
+        clusters.remove(t, "loop")
+        clusters.add(t, _cluster("loop", remote))
+    time.sleep(10.5)  # the first retry of a failed submission is due after 10 s
+    _cycle_until(project, "CalculationSucceeded")
+    assert count(project, "JobSubmitted") == 1

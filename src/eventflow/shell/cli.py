@@ -394,7 +394,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         if jobs:
             from eventflow.shell.runner import cancel_jobs
 
-            cancel_jobs(tracker, jobs)
+            cancel_jobs(tracker, jobs, args.material)
     print(f"{args.material}: cancelled" + (f" (jobs {', '.join(jobs)})" if jobs else ""))
     return 0
 

@@ -435,13 +435,21 @@ class Runner:
                   extra={"material": state.id, "calculation": calc.id})
 
 
-def cancel_jobs(tracker: Tracker, job_ids: list[str]) -> None:
-    """scancel the given jobs (their cancellation is already recorded)."""
+def cancel_jobs(tracker: Tracker, job_ids: list[str], material_id: str | None = None) -> None:
+    """scancel the given jobs (their cancellation is already recorded); a job of
+    ``material_id`` that went to a remote cluster is cancelled there."""
     from eventflow.shell.config import scheduler_for
 
     scheduler, _ = scheduler_for(tracker.project)
+    placed: dict[str, str | None] = {}
+    if material_id is not None:
+        placed = {c.job_id: c.scheduler for c in tracker.state(material_id).calcs.values()
+                  if c.job_id}
+    clusters = Clusters(tracker, scheduler)
     for job_id in job_ids:
-        scheduler.cancel(job_id)
+        name = placed.get(job_id)
+        remote = clusters.remote(name) if name and name not in ("slurm", "local") else None
+        (remote or scheduler).cancel(job_id)
 
 
 def _age(path: Path) -> float:
