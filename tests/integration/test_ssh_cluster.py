@@ -94,7 +94,7 @@ def test_a_connection_dropped_after_sbatch_never_submits_twice(
 
     def dropping_run(self: SshConnection, argv, timeout, stdin=None):  # type: ignore[no-untyped-def]
         result = real_run(self, argv, timeout, stdin)
-        if argv and argv[0] == "sbatch" and not submitted:
+        if "sbatch" in argv and not submitted:
             submitted.append(result.stdout.strip())
             pid = _master_pid(self)
             assert pid is not None, "no ControlMaster: commands would not share one connection"
@@ -215,3 +215,36 @@ def test_an_unreachable_cluster_delays_submission_and_work_resumes_when_it_answe
     time.sleep(10.5)  # the first retry of a failed submission is due after 10 s
     _cycle_until(project, "CalculationSucceeded")
     assert count(project, "JobSubmitted") == 1
+
+
+def test_an_upload_that_does_not_match_its_checksums_is_not_submitted(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from eventflow.shell.remote import _UNPACK_AND_RUN, MANIFEST, upload_bundle
+
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "in.txt").write_text("the real input\n")
+    good = upload_bundle(folder)
+    # The same bundle with in.txt's bytes changed after the manifest was made.
+    bad = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(good)) as members, \
+            tarfile.open(fileobj=bad, mode="w") as tar:
+        for member in members.getmembers():
+            data = members.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name.endswith("in.txt"):
+                data = b"the real inpuT\n"
+            tar.addfile(member, io.BytesIO(data))
+    ssh = SshConnection(_cluster("loop", tmp_path), tmp_path / "ctl")
+    try:
+        argv = ["sh", "-c", _UNPACK_AND_RUN, "t", str(tmp_path / "up ok"), "echo", "ran"]
+        ok = ssh.run(argv, 30, stdin=good)
+        argv[4] = str(tmp_path / "up bad")
+        refused = ssh.run(argv, 30, stdin=bad.getvalue())
+    finally:
+        ssh.close()
+    assert ok.returncode == 0 and ok.stdout == "ran\n"
+    assert (tmp_path / "up ok" / MANIFEST).is_file()
+    assert refused.returncode != 0 and "ran" not in refused.stdout
+    assert "in.txt" in refused.stderr

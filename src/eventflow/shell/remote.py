@@ -3,13 +3,18 @@
 The SLURM commands and their parsers are SlurmScheduler's own; only the runner of each argv
 differs (it goes through ``SshConnection.run``). What is new is the job folder's journey:
 ``calcs/<material>/<step>/<attempt>/`` is copied up to ``<workdir>/calcs/...`` before sbatch
-(rsync with checksums) and copied back once its completion record exists there. Which
-records exist is asked for all followed jobs of the cluster in one call per cycle.
+(a tar on ssh's standard input, checked against a sha256 manifest there, in the same
+round trip as sbatch) and copied back (rsync with checksums) once its completion record
+exists there. Which records exist is asked for all followed jobs of a cluster in one call
+per cycle.
 """
 
 from __future__ import annotations
 
+import io
 import posixpath
+import tarfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +37,33 @@ from eventflow.shell.ssh import SshConnection, Unreachable
 # Lists which of the folders given as arguments hold a completion record: one round trip
 # for all followed jobs of a cluster. The folders are arguments ("$@"), never code.
 _LIST_RECORDS = 'for d in "$@"; do [ -f "$d/{record}" ] && printf "%s\\n" "$d"; done; exit 0'
+
+
+# Unpacks the job folder (a tar on standard input) into $1, checks every file against the
+# sha256 manifest packed with it, then runs the rest of the arguments (sbatch): copying up and
+# submitting cost one round trip. Folder and command are arguments ("$@"), never code.
+MANIFEST = ".eventflow-upload.sha256"
+_UNPACK_AND_RUN = ('set -e; mkdir -p -- "$1"; cd -- "$1"; tar -xf -; '
+                   f'sha256sum --quiet --strict -c {MANIFEST} >&2; shift; exec "$@"')
+
+
+def upload_bundle(folder: Path) -> bytes:
+    """The job folder's regular files as an uncompressed tar, with a sha256 manifest."""
+    from eventflow.shell.jobs import sha256_of
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
+                   and p.name != MANIFEST)
+    manifest = "".join(f"{sha256_of(p)}  ./{p.relative_to(folder).as_posix()}\n"
+                       for p in files)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in files:
+            tar.add(path, arcname=f"./{path.relative_to(folder).as_posix()}", recursive=False)
+        data = manifest.encode()
+        info = tarfile.TarInfo(f"./{MANIFEST}")
+        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 class RemoteScheduler:
@@ -69,13 +101,13 @@ class RemoteScheduler:
         _check_job_name(job_name)
         remote = self.remote_dir(workdir)
         remote_script = posixpath.join(remote, Path(script).name)
+        sbatch = ["sbatch", "--parsable", f"--job-name={job_name}", f"--chdir={remote}"]
+        sbatch += [f"--{k}={v}" for k in ("partition", "qos", "account")
+                   if (v := getattr(self.cluster, k))]
         try:
-            self.ssh.rsync([f"{Path(workdir).resolve()}/"], self.ssh.remote(remote + "/"),
-                           self.timeout)
-            argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--chdir={remote}"]
-            argv += [f"--{k}={v}" for k in ("partition", "qos", "account")
-                     if (v := getattr(self.cluster, k))]
-            result = self.ssh.run([*argv, remote_script], self.timeout)
+            bundle = upload_bundle(Path(workdir))
+            result = self.ssh.run(["sh", "-c", _UNPACK_AND_RUN, "eventflow-upload", remote,
+                                   *sbatch, remote_script], self.timeout, stdin=bundle)
         except SchedulerError as exc:
             raise SubmitError(f"{exc}; the job may have been submitted: look for it by name "
                               f"{job_name!r}") from exc

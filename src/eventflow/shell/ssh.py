@@ -79,18 +79,22 @@ class SshConnection:
             raise ValueError("no remote command")
         return ["ssh", *self.ssh_options(), "--", self.destination, shlex.join(argv)]
 
-    def run(self, argv: Sequence[str], timeout: float, stdin: str | None = None) -> CommandResult:
-        """Run ``argv`` remotely; ssh's own failure to connect raises Unreachable."""
+    def run(self, argv: Sequence[str], timeout: float, stdin: bytes | None = None
+            ) -> CommandResult:
+        """Run ``argv`` remotely (``stdin``: bytes for its standard input); ssh's own failure
+        to connect raises Unreachable."""
         self.round_trips += 1
+        extra = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
         try:
-            done = subprocess.run(self.command(argv), capture_output=True, text=True,
-                                  timeout=timeout, check=False, input=stdin,
-                                  stdin=None if stdin is not None else subprocess.DEVNULL)
+            done = subprocess.run(self.command(argv), capture_output=True, timeout=timeout,
+                                  check=False, **extra)  # type: ignore[call-overload]
         except subprocess.TimeoutExpired as exc:
             raise Unreachable(f"{self.cluster.name}: no answer within {timeout:g} s") from exc
-        if done.returncode == UNREACHABLE and _is_ssh_failure(done.stderr):
-            raise Unreachable(f"{self.cluster.name}: {' '.join(done.stderr.split())[:300]}")
-        return CommandResult(done.returncode, done.stdout, done.stderr)
+        out = done.stdout.decode(errors="replace")
+        err = done.stderr.decode(errors="replace")
+        if done.returncode == UNREACHABLE and _is_ssh_failure(err):
+            raise Unreachable(f"{self.cluster.name}: {' '.join(err.split())[:300]}")
+        return CommandResult(done.returncode, out, err)
 
     def rsync(self, sources: Sequence[str], dest: str, timeout: float,
               extra: Sequence[str] = ()) -> None:
