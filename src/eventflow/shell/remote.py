@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eventflow.core import events as ev
-from eventflow.core.clusters import remote_path
+from eventflow.core.clusters import check_workdir, remote_path
 from eventflow.shell.jobs import RECORD
 from eventflow.shell.scheduler import (
     DEFAULT_TIMEOUT,
@@ -139,12 +139,19 @@ class RemoteScheduler:
             raise SchedulerError(f"{self.name}: listing records: {_one_line(result.stderr)}")
         return [by_remote[line] for line in result.stdout.splitlines() if line in by_remote]
 
-    def fetch(self, folder: Path) -> None:
-        """Copy the remote job folder back (checksums) in one rsync; ``--delay-updates`` puts
-        every file in place only at the end, so a local record means the rest has arrived."""
-        remote = self.remote_dir(folder)
-        self.ssh.rsync([self.ssh.remote(remote + "/")], f"{Path(folder).resolve()}/",
-                       self.timeout * 10, extra=["--delay-updates"])
+    def fetch(self, folders: Sequence[Path]) -> None:
+        """Copy the remote job folders back (checksums) in one rsync for all of them
+        (``--relative`` from the work folder); ``--delay-updates`` puts every file in place
+        only at the end, so a local record means the rest of its folder has arrived."""
+        if not folders:
+            return
+        base = check_workdir(self.cluster.workdir)
+        sources = []
+        for folder in folders:
+            relative = posixpath.relpath(self.remote_dir(folder), base)
+            sources.append(self.ssh.remote(f"{base}/./{relative}/"))
+        self.ssh.rsync(sources, f"{self.root}/", self.timeout * 10,
+                       extra=["--relative", "--delay-updates"])
 
     def close(self) -> None:
         self.ssh.close()

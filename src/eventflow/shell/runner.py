@@ -111,7 +111,7 @@ class Runner:
 
     def _fetch_remote_records(self) -> None:
         """Copy back the folders of remote jobs whose record exists there: one listing per
-        cluster for all its followed jobs, then one rsync per finished job. An unreachable
+        cluster for all its followed jobs, then one rsync for all its finished ones. An unreachable
         cluster is skipped (its jobs stay as they are; the next cycle asks again)."""
         root = self.project.root
         by_cluster: dict[str, tuple[Any, list[Path]]] = {}
@@ -124,8 +124,7 @@ class Runner:
             by_cluster.setdefault(scheduler.name, (scheduler, []))[1].append(root / directory)
         for name, (remote, folders) in by_cluster.items():
             try:
-                for folder in remote.finished_folders(folders):
-                    remote.fetch(folder)
+                remote.fetch(remote.finished_folders(folders))
             except SchedulerError as exc:
                 log.warning("cluster %s: cannot fetch results now: %s", name, exc)
 
