@@ -248,3 +248,22 @@ def test_an_upload_that_does_not_match_its_checksums_is_not_submitted(tmp_path: 
     assert (tmp_path / "up ok" / MANIFEST).is_file()
     assert refused.returncode != 0 and "ran" not in refused.stdout
     assert "in.txt" in refused.stderr
+
+
+def test_add_cluster_places_one_material_on_the_ssh_cluster(tmp_path: Path) -> None:
+    project, remote = _project(tmp_path)
+    (project / "config" / "cluster.yaml").write_text(  # local by default now
+        "executor: slurm\nmax_jobs: 100\nmax_submit: 100\n"
+        "defaults: {time: '00:10:00', mem: 200M}\n")
+    from tests.integration.helpers import SI
+
+    bad = eventflow(project, "add", str(SI), "--code", "noop", "--cluster", "nowhere",
+                    check=False)
+    assert bad.returncode == 1 and "no cluster 'nowhere'" in bad.stderr
+    mid = unique("placed")
+    eventflow(project, "add", str(SI), "--id", mid, "--code", "noop", "--workflow", "single",
+              "--cluster", "loop", "--set", "command=[bash, -c, 'echo done > SP.out']")
+    _cycle_until(project, "CalculationSucceeded")
+    with Tracker.open(project) as t:
+        (calc,) = t.state(mid).calcs.values()
+    assert calc.scheduler == "loop" and (remote / calc.directory / "SP.out").is_file()

@@ -96,3 +96,10 @@ def test_placement_by_step_then_workflow_then_default() -> None:
     assert placement(config, state, _calc("SP")) == "b"
     with pytest.raises(ClusterError):
         placement({"cluster": ["x"]}, state, calc)
+
+
+def test_a_cluster_parameter_wins_over_cluster_yaml() -> None:
+    state = MaterialState("Si")
+    config = {"cluster": {"default": "a", "steps": {"BAND": "c"}}}
+    assert placement(config, state, _calc("BAND"), {"cluster": "mine"}) == "mine"
+    assert placement(config, state, _calc("BAND"), {"other": 1}) == "c"

@@ -441,6 +441,13 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
 def cmd_add(args: argparse.Namespace) -> int:
     params = _parse_sets(args.set)
     with _tracker(args) as tracker:
+        if args.cluster and args.cluster != "local":
+            from eventflow.shell.clusters import defined
+
+            if args.cluster not in defined(tracker.store):
+                raise EventflowError(f"no cluster {args.cluster!r} (eventflow cluster list)")
+        if args.cluster:
+            params["cluster"] = args.cluster
         for structure in args.structures:
             before = tracker.store.last_seq()
             mid = tracker.create_material(structure, source="file", workflow=args.workflow,
@@ -548,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", default=None, help="material id (default: from the file name)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="parameter override for this material (repeatable)")
+    p.add_argument("--cluster", help="run its steps on this cluster (eventflow cluster add)")
 
     p = sub.add_parser("watch", help="follow jobs, parse outputs, submit what comes next")
     p.add_argument("--once", action="store_true", help="process everything pending, then exit")

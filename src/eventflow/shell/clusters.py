@@ -65,8 +65,13 @@ def active_jobs(tracker: Any, name: str) -> list[str]:
     return [cid for (cid,) in rows if placed.get(cid) == name]
 
 
-def placement(config: dict[str, Any], state: MaterialState, calc: CalcState) -> str:
-    """The cluster a new attempt of ``calc`` goes to, by cluster.yaml's ``cluster`` key."""
+def placement(config: dict[str, Any], state: MaterialState, calc: CalcState,
+              params: dict[str, Any] | None = None) -> str:
+    """The cluster a new attempt of ``calc`` goes to: its ``cluster`` parameter (the
+    material's, from ``add --cluster``, or the step's in workflows.yaml), else cluster.yaml's
+    ``cluster`` key (per step, per workflow, default), else local."""
+    if params and params.get("cluster"):
+        return str(params["cluster"])
     setting = config.get("cluster") or LOCAL
     if isinstance(setting, str):
         return setting
@@ -101,9 +106,10 @@ class Clusters:
                                               timeout=self.timeout)
         return self._remotes[name]
 
-    def target(self, state: MaterialState, calc: CalcState) -> Scheduler:
+    def target(self, state: MaterialState, calc: CalcState,
+               params: dict[str, Any] | None = None) -> Scheduler:
         """Where a new submission of ``calc`` goes (an unknown cluster name is an error)."""
-        name = placement(self.config, state, calc)
+        name = placement(self.config, state, calc, params)
         if name == LOCAL:
             return self.local
         remote = self.remote(name)
@@ -112,10 +118,14 @@ class Clusters:
                                f"which is not defined (eventflow cluster add {name} ...)")
         return remote
 
-    def of_job(self, calculation_id: str) -> Scheduler:
-        """The scheduler that holds the job of ``calculation_id`` (local unless recorded)."""
+    def refresh(self) -> None:
+        """Read the JobSubmitted events recorded since the last refresh (once per cycle)."""
         placed, self._seen = job_clusters(self.tracker.store, self._seen)
         self._placed.update(placed)
+
+    def of_job(self, calculation_id: str) -> Scheduler:
+        """The scheduler that holds the job of ``calculation_id`` (local unless recorded),
+        as of the last ``refresh``."""
         name = self._placed.get(calculation_id)
         remote = self.remote(name) if name and name not in (LOCAL, "slurm", "local") else None
         return remote if remote is not None else self.local

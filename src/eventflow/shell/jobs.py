@@ -27,7 +27,7 @@ from eventflow.shell.project import Project
 
 RECORD = "eventflow-done.json"
 # Parameters the shell uses itself (how to run the programs); the code plugin never sees them.
-SHELL_PARAMS = frozenset({"launcher", "executables"})
+SHELL_PARAMS = frozenset({"launcher", "executables", "cluster"})
 # Changes that tell the runner what to do rather than what to write into the input:
 # "structure": "last" = start from the final structure of the attempt being restarted.
 RUNNER_MARKERS = frozenset({"structure"})

@@ -85,6 +85,7 @@ class Runner:
         """One pass. ``reconcile=False`` skips asking the scheduler about every job we follow
         (the watcher does that every ``--reconcile`` seconds, not on every file event)."""
         report = CycleReport()
+        self.clusters.refresh()
         self._fetch_remote_records()
         for mid, cid in self._with_records():
             state = self.tracker.state(mid)  # folded only now, and only for these
@@ -332,7 +333,7 @@ class Runner:
         slots = self._recovery_slots() if pending else None
         for _, _, state, calc in pending:
             try:
-                target = self.clusters.target(state, calc)
+                target = self.clusters.target(state, calc, self.writer.params_for(state, calc))
                 existing = (self._existing_job(calc, target) if self._may_be_in_scheduler(calc)
                             else None)
             except Unreachable as exc:
