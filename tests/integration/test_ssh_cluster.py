@@ -267,3 +267,48 @@ def test_add_cluster_places_one_material_on_the_ssh_cluster(tmp_path: Path) -> N
     with Tracker.open(project) as t:
         (calc,) = t.state(mid).calcs.values()
     assert calc.scheduler == "loop" and (remote / calc.directory / "SP.out").is_file()
+
+
+def test_a_connection_dropped_during_copy_back_brings_the_result_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ControlMaster is killed (SIGKILL) just before the first copy-back, which then
+    fails as ssh would (staged: a real rsync after the kill would simply reconnect)."""
+    project, _ = _project(tmp_path)
+    mid = unique("back")
+    add(project, mid, ["bash", "-c", "echo done > SP.out"])
+    real_rsync = SshConnection.rsync
+    dropped: list[bool] = []
+
+    def dropping_rsync(self: SshConnection, sources, dest, timeout, extra=()):  # type: ignore[no-untyped-def]
+        if not dropped:
+            dropped.append(True)
+            pid = _master_pid(self)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+            raise Unreachable(f"{self.cluster.name}: rsync: connection unexpectedly closed")
+        return real_rsync(self, sources, dest, timeout, extra)
+
+    monkeypatch.setattr(SshConnection, "rsync", dropping_rsync)
+    _cycle_until(project, "CalculationSucceeded")
+    assert dropped == [True]
+    assert count(project, "JobFinished") == 1 and count(project, "CalculationSucceeded") == 1
+    assert count(project, "JobSubmitted") == 1
+    assert eventflow(project, "verify").returncode == 0
+
+
+def test_an_unwritable_remote_folder_fails_the_submission_with_the_reason(
+        tmp_path: Path) -> None:
+    project, _ = _project(tmp_path)
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder\n")
+    with Tracker.open(project) as t:  # the work folder cannot be made: its parent is a file
+        clusters.remove(t, "loop")
+        clusters.add(t, _cluster("loop", blocker / "work"))
+    mid = unique("ro")
+    add(project, mid, ["true"])
+    with Tracker.open(project) as t:
+        report = run_once(t)
+        (calc,) = t.state(mid).calcs.values()
+    assert report.submit_failures == 1 and calc.job_id is None
+    assert count(project, "SubmissionFailed", "%Not a directory%") == 1
+    assert count(project, "JobSubmitted") == 0

@@ -40,7 +40,7 @@ def test_work_folders_must_be_absolute_and_clean(bad: str) -> None:
         check_added(_cluster(workdir=bad))
 
 
-@pytest.mark.parametrize("name", ["local", "-x", "a b", "1abc", "x" * 41])
+@pytest.mark.parametrize("name", ["local", "slurm", "-x", "a b", "1abc", "x" * 41])
 def test_cluster_names_are_plain_words(name: str) -> None:
     with pytest.raises(ClusterError):
         check_added(_cluster(name=name))

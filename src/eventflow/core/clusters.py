@@ -15,6 +15,8 @@ from eventflow.core import events as ev
 from eventflow.errors import EventflowError
 
 LOCAL = "local"  # the cluster this machine submits to directly (today's default)
+# Names a local job's JobSubmitted.scheduler already carries: no remote cluster may take them.
+RESERVED = frozenset({LOCAL, "slurm", "auto"})
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 # What OpenSSH accepts as a host or user: no leading dash (it would be read as an option),
@@ -29,9 +31,9 @@ class ClusterError(EventflowError, ValueError):
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name == LOCAL:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED:
         raise ClusterError(f"cluster name {name!r}: use a letter, then letters, digits, '_' or "
-                           f"'-' (at most 40), and not {LOCAL!r}")
+                           f"'-' (at most 40), and not {', '.join(sorted(RESERVED))}")
     return name
 
 

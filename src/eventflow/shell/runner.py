@@ -268,10 +268,27 @@ class Runner:
                                  key=f"started:{calc.id}")
                     report.started += 1
                 continue
-            # Gone from the queue. The record is written before the job ends, so look again.
+            # Gone from the queue. The record is written before the job ends, so look again
+            # (on a remote cluster: there, and copy it back first).
+            if not self._fetch_one(calc):
+                continue  # the cluster did not answer: judged when it does
             if self._ingest(state, calc, report):
                 continue
             self._lost(state, calc, sched_state, info, report)
+
+    def _fetch_one(self, calc: CalcState) -> bool:
+        """Copy back a remote job's folder if its record exists there; False when the cluster
+        could not be asked (then nothing may be concluded about the job)."""
+        remote = self.clusters.of_job(calc.id)
+        if remote is self.scheduler or not calc.directory:
+            return True
+        folder = self.project.root / calc.directory
+        try:
+            remote.fetch(remote.finished_folders([folder]))  # type: ignore[attr-defined]
+        except SchedulerError as exc:
+            log.warning("%s: cannot copy its results back now: %s", calc.id, exc)
+            return False
+        return True
 
     def _lost(self, state: MaterialState, calc: CalcState, sched_state: str | None,
               info: Any, report: CycleReport) -> None:
