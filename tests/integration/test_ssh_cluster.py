@@ -24,6 +24,7 @@ from eventflow.shell.remote import RemoteScheduler
 from eventflow.shell.ssh import SshConnection, Unreachable
 from eventflow.shell.watcher import run_once
 from tests.conftest import SSH_ALIAS
+from tests.integration.helpers import SI as SI_CIF
 from tests.integration.helpers import add, count, eventflow, unique, wait_for
 
 pytestmark = pytest.mark.usefixtures("need_slurm", "need_sshd")
@@ -312,3 +313,41 @@ def test_an_unwritable_remote_folder_fails_the_submission_with_the_reason(
     assert report.submit_failures == 1 and calc.job_id is None
     assert count(project, "SubmissionFailed", "%Not a directory%") == 1
     assert count(project, "JobSubmitted") == 0
+
+
+@pytest.mark.usefixtures("need_pwx")
+def test_qe_workflow_of_si_on_the_ssh_cluster_and_locally_at_once(tmp_path: Path) -> None:
+    """OPT -> SP -> BAND || DOS with real pw.x: one Si through the SSH cluster, one locally."""
+    project, remote = _project(tmp_path)
+    (project / "config" / "cluster.yaml").write_text("executor: slurm\n")  # local by default
+    fast = {"ecutwfc": 12, "kpoint_density": 1.5}
+    with Tracker.open(project) as t:
+        t.create_material(SI_CIF, material_id="Si-remote", workflow="full_characterization",
+                          params={**fast, "cluster": "loop"})
+        t.create_material(SI_CIF, material_id="Si-local", workflow="full_characterization",
+                          params=fast)
+
+    def settled() -> bool:
+        with Tracker.open(project) as t:
+            run_once(t)
+            states = [m["state"] for m in t.materials()]
+        return all(s in ("completed", "needs_attention", "cancelled") for s in states)
+
+    wait_for(settled, "both Si workflows settled", timeout=400, every=1.0)
+    with Tracker.open(project) as t:
+        gaps = {}
+        for mid in ("Si-remote", "Si-local"):
+            state = t.state(mid)
+            assert state.state == "completed", state.reason
+            assert {c.step for c in state.calcs.values()} == {"OPT", "SP", "BAND", "DOS"}
+            expected = "loop" if mid == "Si-remote" else "slurm"
+            assert {c.scheduler for c in state.calcs.values()} == {expected}
+            props = {(p["calculation_id"], p["name"]): p["value"]
+                     for p in t.projections.properties(mid)}
+            gaps[mid] = props[(f"{mid}/BAND/1", "band_gap_ev")]
+        assert 0.2 < gaps["Si-remote"] < 1.2
+        assert abs(gaps["Si-remote"] - gaps["Si-local"]) < 1e-6  # same physics either way
+    assert (remote / "calcs" / "Si-remote" / "BAND" / "1" / "eventflow-done.json").is_file()
+    assert not (remote / "calcs" / "Si-local").exists()
+    assert count(project, "JobSubmitted") == 8
+    assert eventflow(project, "verify").returncode == 0
