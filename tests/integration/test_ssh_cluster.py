@@ -40,7 +40,7 @@ def _project(tmp_path: Path) -> tuple[Path, Path]:
     Tracker.init(project).close()
     (project / "config" / "cluster.yaml").write_text(
         "executor: slurm\nmax_jobs: 100\nmax_submit: 100\ncluster: loop\n"
-        "defaults: {time: '00:10:00', mem: 200M}\n")
+        "remote: {fetch_exclude: ['big.*']}\ndefaults: {time: '00:10:00', mem: 200M}\n")
     with Tracker.open(project) as t:
         clusters.add(t, _cluster("loop", remote))
     return project, remote
@@ -58,7 +58,8 @@ def _cycle_until(project: Path, done: str, timeout: float = 120) -> None:
 def test_a_job_runs_on_the_ssh_cluster_and_its_result_comes_back(tmp_path: Path) -> None:
     project, remote = _project(tmp_path)
     mid = unique("ssh")
-    add(project, mid, ["bash", "-c", "hostname > where.txt; echo done > SP.out"])
+    add(project, mid, ["bash", "-c", "hostname > where.txt; head -c 4096 /dev/zero > big.scr; "
+                                     "echo done > SP.out"])
     _cycle_until(project, "CalculationSucceeded")
     with Tracker.open(project) as t:
         state = t.state(mid)
@@ -69,6 +70,7 @@ def test_a_job_runs_on_the_ssh_cluster_and_its_result_comes_back(tmp_path: Path)
     assert (twin / "eventflow-done.json").is_file()  # written remotely by the job ...
     assert (folder / "eventflow-done.json").is_file()  # ... and copied back
     assert (folder / "where.txt").read_text() == (twin / "where.txt").read_text()
+    assert (twin / "big.scr").is_file() and not (folder / "big.scr").exists()  # stays there
     script = (twin / "job.sh").read_text()
     assert f"EF_JOB_DIR='{twin}'" in script  # the job ran in the remote copy
     assert count(project, "JobSubmitted") == 1

@@ -102,8 +102,9 @@ class Clusters:
         if cluster is None:
             return None
         control = Path(self.tracker.project.state_dir) / "ssh"
+        exclude = (self.config.get("remote") or {}).get("fetch_exclude") or []
         self._remotes[name] = RemoteScheduler(cluster, self.tracker.project.root, control,
-                                              timeout=self.timeout)
+                                              timeout=self.timeout, fetch_exclude=exclude)
         return self._remotes[name]
 
     def target(self, state: MaterialState, calc: CalcState,

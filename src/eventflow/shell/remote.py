@@ -70,8 +70,10 @@ class RemoteScheduler:
     """sbatch/squeue/scontrol/scancel on ``cluster`` over SSH; job folders copied both ways."""
 
     def __init__(self, cluster: ev.ClusterAdded, project_root: Path, control_dir: Path,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, fetch_exclude: Sequence[str] = ()) -> None:
         self.cluster = cluster
+        # rsync patterns of files that stay on the cluster (big scratch nothing here reads).
+        self.fetch_exclude = [str(p) for p in fetch_exclude]
         self.name = cluster.name
         self.root = Path(project_root).resolve()
         self.timeout = timeout
@@ -151,7 +153,8 @@ class RemoteScheduler:
             relative = posixpath.relpath(self.remote_dir(folder), base)
             sources.append(self.ssh.remote(f"{base}/./{relative}/"))
         self.ssh.rsync(sources, f"{self.root}/", self.timeout * 10,
-                       extra=["--relative", "--delay-updates"])
+                       extra=["--relative", "--delay-updates",
+                              *(f"--exclude={p}" for p in self.fetch_exclude)])
 
     def close(self) -> None:
         self.ssh.close()
