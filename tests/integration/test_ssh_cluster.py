@@ -204,20 +204,33 @@ def test_an_unreachable_cluster_delays_submission_and_work_resumes_when_it_answe
         # Nothing listens on port 1 of the loopback address: ssh's connection is refused.
         clusters.add(t, ev.ClusterAdded(name="loop", host="127.0.0.1", port=1,
                                         workdir=str(remote)))
-    mid = unique("down")
+    mid, other, here = unique("down"), unique("down2"), unique("here")
     add(project, mid, ["bash", "-c", "echo done > SP.out"])
+    add(project, other, ["bash", "-c", "echo done > SP.out"])
+    with Tracker.open(project) as t:  # a third one on the local SLURM goes on meanwhile
+        t.create_material(SI_CIF, material_id=here, workflow="single", code="noop",
+                          params={"command": ["true"], "cluster": "local"})
     with Tracker.open(project) as t:
         report = run_once(t)
         (calc,) = t.state(mid).calcs.values()
-    assert report.submit_failures == 1 and calc.state == "requested" and calc.job_id is None
+        assert t.state(here).calcs[f"{here}/SP/1"].scheduler == "slurm"
+    assert calc.state == "requested" and calc.job_id is None
+    # One failed try marks the cluster down for the cycle: the second is not tried at all.
+    assert report.submit_failures == 1 and report.submitted == 1
     failed = count(project, "SubmissionFailed", '%loop%')
     assert failed == 1  # the reason names the cluster
     with Tracker.open(project) as t:  # the cluster answers again (its address corrected)
         clusters.remove(t, "loop")
         clusters.add(t, _cluster("loop", remote))
     time.sleep(10.5)  # the first retry of a failed submission is due after 10 s
-    _cycle_until(project, "CalculationSucceeded")
-    assert count(project, "JobSubmitted") == 1
+
+    def all_done() -> bool:
+        with Tracker.open(project) as t:
+            run_once(t)
+        return count(project, "CalculationSucceeded") == 3
+
+    wait_for(all_done, "three jobs succeeded", timeout=120, every=0.5)
+    assert count(project, "JobSubmitted") == 3
 
 
 def test_an_upload_that_does_not_match_its_checksums_is_not_submitted(tmp_path: Path) -> None:
@@ -353,3 +366,31 @@ def test_qe_workflow_of_si_on_the_ssh_cluster_and_locally_at_once(tmp_path: Path
     assert not (remote / "calcs" / "Si-local").exists()
     assert count(project, "JobSubmitted") == 8
     assert eventflow(project, "verify").returncode == 0
+
+
+def test_a_clusters_max_jobs_holds_back_further_submissions(tmp_path: Path) -> None:
+    project, remote = _project(tmp_path)
+    with Tracker.open(project) as t:
+        clusters.remove(t, "loop")
+        clusters.add(t, ev.ClusterAdded(name="loop", host="127.0.0.1",
+                                        ssh_config_host=SSH_ALIAS, workdir=str(remote),
+                                        max_jobs=1))
+    first, second = unique("max1"), unique("max2")
+    for mid in (first, second):
+        add(project, mid, ["bash", "-c", "while [ ! -e go ]; do sleep 0.1; done"])
+    with Tracker.open(project) as t:
+        report = run_once(t)
+        running = [m for m in (first, second) if t.state(m).calcs[f"{m}/SP/1"].job_id]
+    assert report.submitted == 1 and len(running) == 1
+    for mid in (first, second):
+        folder = remote / "calcs" / mid / "SP" / "1"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "go").touch()  # the later job's folder gets it on upload (not overwritten)
+
+    def both_done() -> bool:
+        with Tracker.open(project) as t:
+            run_once(t)
+        return count(project, "CalculationSucceeded") == 2
+
+    wait_for(both_done, "both jobs succeeded, one after the other", timeout=120, every=0.5)
+    assert count(project, "JobSubmitted") == 2

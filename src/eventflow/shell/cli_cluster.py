@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     a.add_argument("--partition", help="sbatch --partition for its jobs")
     a.add_argument("--qos", help="sbatch --qos for its jobs")
     a.add_argument("--account", help="sbatch --account for its jobs")
-    a.add_argument("--max-jobs", type=int, help="recorded; not enforced yet")
+    a.add_argument("--max-jobs", type=int, help="at most N jobs there at once")
     ls = verbs.add_parser("list", help="the clusters defined now")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     c = verbs.add_parser("check", help="connect, ask SLURM, test the work folder, time it")

@@ -131,5 +131,8 @@ class Clusters:
         remote = self.remote(name) if name and name not in (LOCAL, "slurm", "local") else None
         return remote if remote is not None else self.local
 
+    def defined(self) -> dict[str, ev.ClusterAdded]:
+        return defined(self.tracker.store)
+
     def remotes_in_use(self) -> list[RemoteScheduler]:
         return list(self._remotes.values())

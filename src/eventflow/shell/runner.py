@@ -348,12 +348,17 @@ class Runner:
                     pending.append((order.get(calc.step, 99), calc.requested_at, state, calc))
         pending.sort(key=lambda p: (p[0], p[1]))
         slots = self._recovery_slots() if pending else None
+        down: set[str] = set()  # clusters that did not answer in this cycle: not asked again
+        room = self._cluster_room() if pending else {}
         for _, _, state, calc in pending:
             try:
                 target = self.clusters.target(state, calc, self.writer.params_for(state, calc))
+                if target.name in down:
+                    continue
                 existing = (self._existing_job(calc, target) if self._may_be_in_scheduler(calc)
                             else None)
             except Unreachable as exc:
+                down.add(target.name)
                 log.warning("%s waits: %s", calc.id, exc,
                             extra={"material": state.id, "calculation": calc.id})
                 continue  # whether it was submitted is unknown until the cluster answers
@@ -374,8 +379,25 @@ class Runner:
                 if slots <= 0:
                     continue  # max_concurrent_recoveries: this one waits for a free slot
                 slots -= 1
+            if room.get(target.name, 1) <= 0:
+                continue  # the cluster's own max_jobs (cluster add --max-jobs)
             budget -= 1
-            self._submit(state, calc, report, target)
+            if target.name in room:
+                room[target.name] -= 1
+            if not self._submit(state, calc, report, target):
+                down.add(target.name)
+
+    def _cluster_room(self) -> dict[str, int]:
+        """For each remote cluster with a max_jobs: how many more jobs it may take now."""
+        active: dict[str, int] = {}
+        for _, cid, _, _, _ in self._followed():
+            name = self.clusters.of_job(cid).name
+            active[name] = active.get(name, 0) + 1
+        room = {}
+        for name, cluster in self.clusters.defined().items():
+            if cluster.max_jobs is not None:
+                room[name] = int(cluster.max_jobs) - active.get(name, 0)
+        return room
 
     def _recovery_slots(self) -> int | None:
         rules = self.tracker.policy.recovery
@@ -414,7 +436,8 @@ class Runner:
         return last
 
     def _submit(self, state: MaterialState, calc: CalcState, report: CycleReport,
-                scheduler: Scheduler) -> None:
+                scheduler: Scheduler) -> bool:
+        """Submit ``calc``; False when its cluster did not answer (recorded as a failure)."""
         try:
             job_dir = None
             if scheduler is not self.scheduler:  # a remote cluster: the job runs in its copy
@@ -422,7 +445,7 @@ class Runner:
             script, prepared = self.writer.write(state, calc, job_dir=job_dir)
         except (EventflowError, OSError) as exc:
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
-            return
+            return True
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
         _crash_point("before_sbatch")
         try:
@@ -430,7 +453,7 @@ class Runner:
             job_id = scheduler.submit(script, name, script.parent)
         except SubmitError as exc:
             self._submit_failed(state, calc, str(exc), report)
-            return
+            return not isinstance(exc.__cause__, Unreachable)
         _crash_point("after_sbatch")
         self._append(state.id, [ev.JobSubmitted(calc.id, job_id, scheduler.name)],
                      key=f"submitted:{calc.id}")
@@ -438,6 +461,7 @@ class Runner:
         log.info("submitted %s as job %s", calc.id, job_id,
                  extra={"material": state.id, "calculation": calc.id, "job": job_id})
         _crash_point("after_record")
+        return True
 
     def _submit_failed(self, state: MaterialState, calc: CalcState, message: str,
                        report: CycleReport) -> None:
