@@ -202,7 +202,9 @@ class Runner:
         try:
             info = self.clusters.of_job(calc.id).states([calc.job_id]).get(calc.job_id)
         except Unreachable:
-            return True, None  # judged once the cluster answers again
+            # Judged once the cluster answers again, but not waited for past VERDICT_WAIT_S:
+            # then the record alone judges it (as when the scheduler has forgotten the job).
+            return _age(record_path) < VERDICT_WAIT_S, None
         sched_state = info.state if info is not None else None
         if sched_state in ACTIVE_SCHEDULER_STATES and _age(record_path) < VERDICT_WAIT_S:
             return True, None
