@@ -394,3 +394,17 @@ def test_a_clusters_max_jobs_holds_back_further_submissions(tmp_path: Path) -> N
 
     wait_for(both_done, "both jobs succeeded, one after the other", timeout=120, every=0.5)
     assert count(project, "JobSubmitted") == 2
+
+
+def test_a_failing_remote_job_is_judged_with_the_clusters_verdict(tmp_path: Path) -> None:
+    project, _ = _project(tmp_path)
+    mid = unique("fails")
+    add(project, mid, ["bash", "-c", "echo partial > SP.out; exit 3"])
+    _cycle_until(project, "CalculationFailed")
+    with Tracker.open(project) as t:
+        (calc,) = [c for c in t.state(mid).calcs.values() if c.attempt == 1]
+        finished = [r.event for r in t.store.read(stream=mid, types=["JobFinished"])]
+    assert calc.state == "failed" and calc.scheduler == "loop"
+    assert [f.exit_code for f in finished][:1] == [3]
+    assert count(project, "CalculationFailed", f"%{mid}/SP/1%") == 1
+    assert (project / calc.directory / "SP.out").read_text() == "partial\n"
