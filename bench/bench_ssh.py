@@ -13,8 +13,10 @@ N trivial jobs (``true``, the ``noop`` code, 1 task, 200 MB) on the loopback ssh
   pending or running. Both use the same ssh options and ControlMaster socket kind, so the
   difference is what eventflow does, not how it connects.
 
-Reported: jobs/minute of each (goal: eventflow >= 0.9x the floor) and SSH round trips (ssh
-or rsync processes started) per job lifecycle (goal <= 3 on average).
+Reported: jobs/minute of each (goal: eventflow >= 0.9x the floor), the reaction to a remote
+completion (from the remote record's write to its JobFinished in the log; goal: p50 under
+the polling interval + 0.5 s) and SSH round trips (ssh or rsync processes started) per job
+lifecycle (goal <= 3 on average).
 
 Run: ``python bench/bench_ssh.py [--quick] [--jobs 100] [--rounds 2] [--poll 0.5]`` with
 ``slurm/local-cluster start`` and ``slurm/local-sshd start`` done.
@@ -27,6 +29,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from common import Result, parse_args, print_table
@@ -41,6 +44,7 @@ from eventflow.shell.ssh import SSH_CONFIG_ENV, SshConnection
 SI = Path(__file__).resolve().parents[1] / "tests" / "data" / "structures" / "Si.cif"
 SSHD_DIR = Path(os.environ.get("EVENTFLOW_SSHD_DIR", "/tmp/eventflow-sshd"))
 ALIAS = "eventflow-local-ssh"
+REACTIONS: list[float] = []  # seconds from a remote record's write to its JobFinished
 
 
 def _cluster(workdir: Path) -> ev.ClusterAdded:
@@ -74,6 +78,16 @@ def run_eventflow(base: Path, n: int, poll: float) -> tuple[float, float]:
         trips = sum(r.ssh.round_trips for r in runner.clusters.remotes_in_use())
         for r in runner.clusters.remotes_in_use():
             r.close()
+        # Reaction: from the remote record's write (its mtime; one clock here) to the
+        # JobFinished that the record became in the log.
+        reactions = []
+        for rec in t.store.read(types=["JobFinished"]):
+            calc = t.state(rec.stream).calcs[rec.event.calculation_id]  # type: ignore[attr-defined]
+            written = (remote / str(calc.directory) / "eventflow-done.json").stat().st_mtime
+            recorded = datetime.strptime(rec.recorded_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=timezone.utc).timestamp()
+            reactions.append(recorded - written)
+    REACTIONS.extend(reactions)
     return seconds, trips
 
 
@@ -128,6 +142,10 @@ def main() -> None:
     print_table(title, [
         Result(f"{n} jobs, jobs/minute", rate, floor_rate, "ssh sbatch + ssh squeue loop",
                ">= 0.9x", rate >= 0.9 * floor_rate, unit="jobs/min"),
+        Result("reaction to a remote completion, p50", statistics.median(REACTIONS), None, "",
+               f"< poll + 0.5 = {args.poll + 0.5:g} s",
+               statistics.median(REACTIONS) < args.poll + 0.5, unit="s",
+               note=f"p90 {statistics.quantiles(REACTIONS, n=10)[-1]:.2f} s"),
         Result("ssh round trips per job lifecycle", trips, None, "", "<= 3", trips <= 3,
                unit="trips", note=f"eventflow {trips:.2f}, the loop {floor_trips:.2f} "
                                   f"(ssh or rsync processes started / jobs)"),
