@@ -43,6 +43,32 @@ def need_slurm() -> None:
     require(slurm_available(), "no running SLURM cluster (start one: slurm/local-cluster start)")
 
 
+SSHD_DIR = Path(os.environ.get("EVENTFLOW_SSHD_DIR", "/tmp/eventflow-sshd"))
+SSH_ALIAS = "eventflow-local-ssh"  # the Host of slurm/local-sshd's ssh config
+
+
+def sshd_available() -> bool:
+    config = SSHD_DIR / "ssh_config"
+    if shutil.which("ssh") is None or shutil.which("rsync") is None or not config.is_file():
+        return False
+    try:
+        out = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", SSH_ALIAS, "true"],
+                             capture_output=True, timeout=15, check=False,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+@pytest.fixture
+def need_sshd(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The project's loopback sshd (slurm/local-sshd start); its ssh config for eventflow."""
+    require(sshd_available(), "no loopback sshd (start one: slurm/local-sshd start)")
+    config = SSHD_DIR / "ssh_config"
+    monkeypatch.setenv("EVENTFLOW_SSH_CONFIG", str(config))
+    return config
+
+
 @pytest.fixture
 def need_pwx() -> None:
     require(shutil.which("pw.x") is not None, "no pw.x (apt-get install quantum-espresso)")

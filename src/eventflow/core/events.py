@@ -290,6 +290,36 @@ class CalculationCancelled(Event):
     reason: str = ""
 
 
+# --- clusters (recorded in the system stream) -----------------------------------------------
+
+
+@event
+@attrs.frozen
+class ClusterAdded(Event):
+    """A cluster eventflow may submit to over SSH. How to reach it, never a credential: keys,
+    agents and passwords stay with OpenSSH (``~/.ssh/config``, the agent)."""
+
+    TYPE = "ClusterAdded"
+    name: str
+    host: str
+    workdir: str  # absolute remote folder; every job folder lives below it
+    user: str | None = None
+    port: int | None = None
+    ssh_config_host: str | None = None  # a Host alias of ~/.ssh/config, used instead of host
+    partition: str | None = None
+    qos: str | None = None
+    account: str | None = None
+    max_jobs: int | None = None
+
+
+@event
+@attrs.frozen
+class ClusterRemoved(Event):
+    TYPE = "ClusterRemoved"
+    name: str
+    reason: str = ""
+
+
 # --- upcasting ------------------------------------------------------------------------------
 
 

@@ -409,7 +409,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         if jobs:
             from eventflow.shell.runner import cancel_jobs
 
-            cancel_jobs(tracker, jobs)
+            cancel_jobs(tracker, jobs, args.material)
     print(f"{args.material}: cancelled" + (f" (jobs {', '.join(jobs)})" if jobs else ""))
     return 0
 
@@ -456,6 +456,13 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
 def cmd_add(args: argparse.Namespace) -> int:
     params = _parse_sets(args.set)
     with _tracker(args) as tracker:
+        if args.cluster and args.cluster != "local":
+            from eventflow.shell.clusters import defined
+
+            if args.cluster not in defined(tracker.store):
+                raise EventflowError(f"no cluster {args.cluster!r} (eventflow cluster list)")
+        if args.cluster:
+            params["cluster"] = args.cluster
         for structure in args.structures:
             before = tracker.store.last_seq()
             mid = tracker.create_material(structure, source="file", workflow=args.workflow,
@@ -564,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", default=None, help="material id (default: from the file name)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="parameter override for this material (repeatable)")
+    p.add_argument("--cluster", help="run its steps on this cluster (eventflow cluster add)")
 
     p = sub.add_parser("watch", help="follow jobs, parse outputs, submit what comes next")
     p.add_argument("--once", action="store_true", help="process everything pending, then exit")
@@ -585,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventflow.shell import cli_plot  # plot
 
     cli_plot.register(sub)
+    from eventflow.shell import cli_cluster  # cluster add/list/check/remove
+
+    cli_cluster.register(sub)
     _describe_subcommands(sub)
     return parser
 

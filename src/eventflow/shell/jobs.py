@@ -27,7 +27,7 @@ from eventflow.shell.project import Project
 
 RECORD = "eventflow-done.json"
 # Parameters the shell uses itself (how to run the programs); the code plugin never sees them.
-SHELL_PARAMS = frozenset({"launcher", "executables"})
+SHELL_PARAMS = frozenset({"launcher", "executables", "cluster"})
 # Changes that tell the runner what to do rather than what to write into the input:
 # "structure": "last" = start from the final structure of the attempt being restarted.
 RUNNER_MARKERS = frozenset({"structure"})
@@ -161,8 +161,11 @@ class JobWriter:
             return candidate
         raise EventflowError(f"{folder}: the material's structure file is missing")
 
-    def write(self, state: MaterialState, calc: CalcState) -> tuple[Path, Any]:
-        """Write the job folder of ``calc``; return its job script and the InputsPrepared event."""
+    def write(self, state: MaterialState, calc: CalcState,
+              job_dir: str | None = None) -> tuple[Path, Any]:
+        """Write the job folder of ``calc``; return its job script and the InputsPrepared event.
+        ``job_dir``: where the job will run when that is not this folder (a remote cluster's
+        copy of it)."""
         from eventflow.shell.handoff import inputs_event, prepare_inputs
 
         plugin = self._plugins.get(state.code)
@@ -192,7 +195,7 @@ class JobWriter:
         for name, text in files.items():
             write_atomic(folder / name, text)
         spec = JobSpec(
-            job_dir=str(folder),
+            job_dir=job_dir or str(folder),
             idempotency_key=job_name(self.project.project_id, calc.id),
             commands=commands,
             resources=resources,

@@ -29,9 +29,11 @@ from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.errors import EventflowError, IllegalTransition
 from eventflow.shell.api import Tracker
+from eventflow.shell.clusters import Clusters
 from eventflow.shell.jobs import RECORD, JobWriter, job_name, read_completion
 from eventflow.shell.parsing import plugins
-from eventflow.shell.scheduler import Scheduler, SubmitError
+from eventflow.shell.scheduler import Scheduler, SchedulerError, SubmitError
+from eventflow.shell.ssh import Unreachable
 from eventflow.shell.store import utc_now
 
 log = logging.getLogger("eventflow.runner")
@@ -73,6 +75,9 @@ class Runner:
         self.max_submit = int(cluster.get("max_submit", 100))
         self.cleanup: dict[str, Any] = dict(cluster.get("cleanup") or {})
         self.writer = JobWriter(self.project, tracker.policy)
+        self.clusters = Clusters(tracker, scheduler,
+                                 timeout=float((cluster.get("scheduler") or {}).get(
+                                     "command_timeout_s", 30)))
         self._plugins = plugins()
 
     # -- one cycle -----------------------------------------------------------------------------
@@ -80,6 +85,8 @@ class Runner:
         """One pass. ``reconcile=False`` skips asking the scheduler about every job we follow
         (the watcher does that every ``--reconcile`` seconds, not on every file event)."""
         report = CycleReport()
+        self.clusters.refresh()
+        self._fetch_remote_records()
         for mid, cid in self._with_records():
             state = self.tracker.state(mid)  # folded only now, and only for these
             calc = state.calcs.get(cid)
@@ -102,6 +109,25 @@ class Runner:
             "WHERE state IN ('submitted', 'running') AND job_id IS NOT NULL "
             "ORDER BY material_id, id"
         ).fetchall()
+
+    def _fetch_remote_records(self) -> None:
+        """Copy back the folders of remote jobs whose record exists there: one listing per
+        cluster for all its followed jobs, then one rsync for all its finished ones. An unreachable
+        cluster is skipped (its jobs stay as they are; the next cycle asks again)."""
+        root = self.project.root
+        by_cluster: dict[str, tuple[Any, list[Path]]] = {}
+        for _, cid, _, _, directory in self._followed():
+            scheduler = self.clusters.of_job(cid)
+            if scheduler is self.scheduler or not directory:
+                continue
+            if os.path.lexists(root / directory / RECORD):
+                continue
+            by_cluster.setdefault(scheduler.name, (scheduler, []))[1].append(root / directory)
+        for name, (remote, folders) in by_cluster.items():
+            try:
+                remote.fetch(remote.finished_folders(folders))
+            except SchedulerError as exc:
+                log.warning("cluster %s: cannot fetch results now: %s", name, exc)
 
     def _with_records(self) -> list[tuple[str, str]]:
         """The followed calculations whose completion record exists: one stat each."""
@@ -173,7 +199,12 @@ class Runner:
             return False, None
         if self._plugins.get("slurm") is None or not calc.job_id:
             return False, None
-        info = self.scheduler.states([calc.job_id]).get(calc.job_id)
+        try:
+            info = self.clusters.of_job(calc.id).states([calc.job_id]).get(calc.job_id)
+        except Unreachable:
+            # Judged once the cluster answers again, but not waited for past VERDICT_WAIT_S:
+            # then the record alone judges it (as when the scheduler has forgotten the job).
+            return _age(record_path) < VERDICT_WAIT_S, None
         sched_state = info.state if info is not None else None
         if sched_state in ACTIVE_SCHEDULER_STATES and _age(record_path) < VERDICT_WAIT_S:
             return True, None
@@ -207,7 +238,20 @@ class Runner:
         watched = self._followed()
         if not watched:
             return
-        infos = self.scheduler.states([row[3] for row in watched])
+        groups: dict[str, tuple[Any, list[tuple[str, str, str, str, str]]]] = {}
+        for row in watched:
+            scheduler = self.clusters.of_job(row[1])
+            groups.setdefault(scheduler.name, (scheduler, []))[1].append(row)
+        for name, (scheduler, rows) in groups.items():
+            try:
+                infos = scheduler.states([row[3] for row in rows])
+            except Unreachable as exc:
+                log.warning("cluster %s does not answer; its jobs wait: %s", name, exc)
+                continue
+            self._reconcile_rows(rows, infos, report)
+
+    def _reconcile_rows(self, watched: list[tuple[str, str, str, str, str]],
+                        infos: dict[str, Any], report: CycleReport) -> None:
         for mid, cid, projected, job_id, _ in watched:
             info = infos.get(job_id)
             sched_state = info.state if info is not None else None
@@ -226,10 +270,27 @@ class Runner:
                                  key=f"started:{calc.id}")
                     report.started += 1
                 continue
-            # Gone from the queue. The record is written before the job ends, so look again.
+            # Gone from the queue. The record is written before the job ends, so look again
+            # (on a remote cluster: there, and copy it back first).
+            if not self._fetch_one(calc):
+                continue  # the cluster did not answer: judged when it does
             if self._ingest(state, calc, report):
                 continue
             self._lost(state, calc, sched_state, info, report)
+
+    def _fetch_one(self, calc: CalcState) -> bool:
+        """Copy back a remote job's folder if its record exists there; False when the cluster
+        could not be asked (then nothing may be concluded about the job)."""
+        remote = self.clusters.of_job(calc.id)
+        if remote is self.scheduler or not calc.directory:
+            return True
+        folder = self.project.root / calc.directory
+        try:
+            remote.fetch(remote.finished_folders([folder]))  # type: ignore[attr-defined]
+        except SchedulerError as exc:
+            log.warning("%s: cannot copy its results back now: %s", calc.id, exc)
+            return False
+        return True
 
     def _lost(self, state: MaterialState, calc: CalcState, sched_state: str | None,
               info: Any, report: CycleReport) -> None:
@@ -289,10 +350,25 @@ class Runner:
                     pending.append((order.get(calc.step, 99), calc.requested_at, state, calc))
         pending.sort(key=lambda p: (p[0], p[1]))
         slots = self._recovery_slots() if pending else None
+        down: set[str] = set()  # clusters that did not answer in this cycle: not asked again
+        room = self._cluster_room() if pending else {}
         for _, _, state, calc in pending:
-            existing = self._existing_job(calc) if self._may_be_in_scheduler(calc) else None
+            try:
+                target = self.clusters.target(state, calc, self.writer.params_for(state, calc))
+                if target.name in down:
+                    continue
+                existing = (self._existing_job(calc, target) if self._may_be_in_scheduler(calc)
+                            else None)
+            except Unreachable as exc:
+                down.add(target.name)
+                log.warning("%s waits: %s", calc.id, exc,
+                            extra={"material": state.id, "calculation": calc.id})
+                continue  # whether it was submitted is unknown until the cluster answers
+            except EventflowError as exc:
+                self._submit_failed(state, calc, str(exc), report)
+                continue
             if existing is not None:
-                self._append(state.id, [ev.JobSubmitted(calc.id, existing, self.scheduler.name)],
+                self._append(state.id, [ev.JobSubmitted(calc.id, existing, target.name)],
                              key=f"submitted:{calc.id}")
                 report.recovered_existing += 1
                 log.info("found job %s of %s already in the scheduler; recorded it",
@@ -305,8 +381,25 @@ class Runner:
                 if slots <= 0:
                     continue  # max_concurrent_recoveries: this one waits for a free slot
                 slots -= 1
+            if room.get(target.name, 1) <= 0:
+                continue  # the cluster's own max_jobs (cluster add --max-jobs)
             budget -= 1
-            self._submit(state, calc, report)
+            if target.name in room:
+                room[target.name] -= 1
+            if not self._submit(state, calc, report, target):
+                down.add(target.name)
+
+    def _cluster_room(self) -> dict[str, int]:
+        """For each remote cluster with a max_jobs: how many more jobs it may take now."""
+        active: dict[str, int] = {}
+        for _, cid, _, _, _ in self._followed():
+            name = self.clusters.of_job(cid).name
+            active[name] = active.get(name, 0) + 1
+        room = {}
+        for name, cluster in self.clusters.defined().items():
+            if cluster.max_jobs is not None:
+                room[name] = int(cluster.max_jobs) - active.get(name, 0)
+        return room
 
     def _recovery_slots(self) -> int | None:
         rules = self.tracker.policy.recovery
@@ -329,8 +422,8 @@ class Runner:
             return True
         return self.tracker.store.by_key(f"inputs:{calc.id}") is not None
 
-    def _existing_job(self, calc: CalcState) -> str | None:
-        found = self.scheduler.find(job_name(self.project.project_id, calc.id))
+    def _existing_job(self, calc: CalcState, scheduler: Scheduler) -> str | None:
+        found = scheduler.find(job_name(self.project.project_id, calc.id))
         if not found:
             return None
         return sorted(found, key=lambda j: (len(j.job_id), j.job_id))[0].job_id
@@ -344,27 +437,33 @@ class Runner:
                 last = rec.event.retry_at  # type: ignore[attr-defined]
         return last
 
-    def _submit(self, state: MaterialState, calc: CalcState, report: CycleReport) -> None:
+    def _submit(self, state: MaterialState, calc: CalcState, report: CycleReport,
+                scheduler: Scheduler) -> bool:
+        """Submit ``calc``; False when its cluster did not answer (recorded as a failure)."""
         try:
-            script, prepared = self.writer.write(state, calc)
+            job_dir = None
+            if scheduler is not self.scheduler:  # a remote cluster: the job runs in its copy
+                job_dir = scheduler.remote_dir(self.project.inside(calc.directory))  # type: ignore[attr-defined]
+            script, prepared = self.writer.write(state, calc, job_dir=job_dir)
         except (EventflowError, OSError) as exc:
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
-            return
+            return True
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
         _crash_point("before_sbatch")
         try:
             name = job_name(self.project.project_id, calc.id)
-            job_id = self.scheduler.submit(script, name, script.parent)
+            job_id = scheduler.submit(script, name, script.parent)
         except SubmitError as exc:
             self._submit_failed(state, calc, str(exc), report)
-            return
+            return not isinstance(exc.__cause__, Unreachable)
         _crash_point("after_sbatch")
-        self._append(state.id, [ev.JobSubmitted(calc.id, job_id, self.scheduler.name)],
+        self._append(state.id, [ev.JobSubmitted(calc.id, job_id, scheduler.name)],
                      key=f"submitted:{calc.id}")
         report.submitted += 1
         log.info("submitted %s as job %s", calc.id, job_id,
                  extra={"material": state.id, "calculation": calc.id, "job": job_id})
         _crash_point("after_record")
+        return True
 
     def _submit_failed(self, state: MaterialState, calc: CalcState, message: str,
                        report: CycleReport) -> None:
@@ -379,13 +478,21 @@ class Runner:
                   extra={"material": state.id, "calculation": calc.id})
 
 
-def cancel_jobs(tracker: Tracker, job_ids: list[str]) -> None:
-    """scancel the given jobs (their cancellation is already recorded)."""
+def cancel_jobs(tracker: Tracker, job_ids: list[str], material_id: str | None = None) -> None:
+    """scancel the given jobs (their cancellation is already recorded); a job of
+    ``material_id`` that went to a remote cluster is cancelled there."""
     from eventflow.shell.config import scheduler_for
 
     scheduler, _ = scheduler_for(tracker.project)
+    placed: dict[str, str | None] = {}
+    if material_id is not None:
+        placed = {c.job_id: c.scheduler for c in tracker.state(material_id).calcs.values()
+                  if c.job_id}
+    clusters = Clusters(tracker, scheduler)
     for job_id in job_ids:
-        scheduler.cancel(job_id)
+        name = placed.get(job_id)
+        remote = clusters.remote(name) if name and name not in ("slurm", "local") else None
+        (remote or scheduler).cancel(job_id)
 
 
 def _age(path: Path) -> float:

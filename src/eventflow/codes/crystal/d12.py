@@ -108,8 +108,9 @@ RHOMBOHEDRAL_GROUPS = frozenset({146, 148, 155, 160, 161, 166, 167})
 
 
 # Settings of config/crystal.yaml that say how to run the programs, not what goes in the
-# deck: the shell reads them (eventflow.shell.jobs), the deck writers never see them.
-RUN_SETTINGS = frozenset({"executables", "launcher", "modules", "scratch_root"})
+# deck: the shell reads them (eventflow.shell.jobs), the deck writers never see them
+# (``cluster``: where the job runs, see eventflow.shell.clusters).
+RUN_SETTINGS = frozenset({"executables", "launcher", "modules", "scratch_root", "cluster"})
 
 
 class InputError(ValueError):

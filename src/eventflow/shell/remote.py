@@ -1,0 +1,163 @@
+"""SLURM on another machine, through one SSH connection: the same Scheduler as the local one.
+
+The SLURM commands and their parsers are SlurmScheduler's own; only the runner of each argv
+differs (it goes through ``SshConnection.run``). What is new is the job folder's journey:
+``calcs/<material>/<step>/<attempt>/`` is copied up to ``<workdir>/calcs/...`` before sbatch
+(a tar on ssh's standard input, checked against a sha256 manifest there, in the same
+round trip as sbatch) and copied back (rsync with checksums) once its completion record
+exists there. Which records exist is asked for all followed jobs of a cluster in one call
+per cycle.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from eventflow.core import events as ev
+from eventflow.core.clusters import check_workdir, remote_path
+from eventflow.shell.jobs import RECORD
+from eventflow.shell.scheduler import (
+    DEFAULT_TIMEOUT,
+    CommandResult,
+    JobInfo,
+    SchedulerError,
+    SlurmScheduler,
+    SubmitError,
+    _check_job_name,
+    _one_line,
+    parse_sbatch,
+)
+from eventflow.shell.ssh import SshConnection, Unreachable
+
+# Lists which of the folders given as arguments hold a completion record: one round trip
+# for all followed jobs of a cluster. The folders are arguments ("$@"), never code.
+_LIST_RECORDS = 'for d in "$@"; do [ -f "$d/{record}" ] && printf "%s\\n" "$d"; done; exit 0'
+
+
+# Unpacks the job folder (a tar on standard input) into $1, checks every file against the
+# sha256 manifest packed with it, then runs the rest of the arguments (sbatch): copying up and
+# submitting cost one round trip. Folder and command are arguments ("$@"), never code.
+MANIFEST = ".eventflow-upload.sha256"
+_UNPACK_AND_RUN = ('set -e; mkdir -p -- "$1"; cd -- "$1"; tar -xf -; '
+                   f'sha256sum --quiet --strict -c {MANIFEST} >&2; shift; exec "$@"')
+
+
+def upload_bundle(folder: Path) -> bytes:
+    """The job folder's regular files as an uncompressed tar, with a sha256 manifest."""
+    from eventflow.shell.jobs import sha256_of
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
+                   and p.name != MANIFEST)
+    manifest = "".join(f"{sha256_of(p)}  ./{p.relative_to(folder).as_posix()}\n"
+                       for p in files)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in files:
+            tar.add(path, arcname=f"./{path.relative_to(folder).as_posix()}", recursive=False)
+        data = manifest.encode()
+        info = tarfile.TarInfo(f"./{MANIFEST}")
+        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class RemoteScheduler:
+    """sbatch/squeue/scontrol/scancel on ``cluster`` over SSH; job folders copied both ways."""
+
+    def __init__(self, cluster: ev.ClusterAdded, project_root: Path, control_dir: Path,
+                 timeout: float = DEFAULT_TIMEOUT, fetch_exclude: Sequence[str] = ()) -> None:
+        self.cluster = cluster
+        # rsync patterns of files that stay on the cluster (big scratch nothing here reads).
+        self.fetch_exclude = [str(p) for p in fetch_exclude]
+        self.name = cluster.name
+        self.root = Path(project_root).resolve()
+        self.timeout = timeout
+        self.ssh = SshConnection(cluster, control_dir)
+        self.slurm = SlurmScheduler(timeout=timeout, runner=self._run, use_sacct=None)
+
+    def _run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        return self.ssh.run(argv, timeout)
+
+    # -- paths ----------------------------------------------------------------------------
+    def remote_dir(self, folder: Path) -> str:
+        """The remote twin of a job folder inside the project (refused when outside)."""
+        try:
+            relative = Path(folder).resolve().relative_to(self.root)
+        except ValueError as exc:
+            raise SchedulerError(f"{folder}: not inside the project {self.root}") from exc
+        return remote_path(self.cluster.workdir, relative.as_posix())
+
+    # -- the Scheduler protocol -------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            return self.slurm.ping()
+        except SchedulerError:
+            return False
+
+    def submit(self, script: Path, job_name: str, workdir: Path) -> str:
+        _check_job_name(job_name)
+        remote = self.remote_dir(workdir)
+        remote_script = posixpath.join(remote, Path(script).name)
+        sbatch = ["sbatch", "--parsable", f"--job-name={job_name}", f"--chdir={remote}"]
+        sbatch += [f"--{k}={v}" for k in ("partition", "qos", "account")
+                   if (v := getattr(self.cluster, k))]
+        try:
+            bundle = upload_bundle(Path(workdir))
+            result = self.ssh.run(["sh", "-c", _UNPACK_AND_RUN, "eventflow-upload", remote,
+                                   *sbatch, remote_script], self.timeout, stdin=bundle)
+        except SchedulerError as exc:
+            raise SubmitError(f"{exc}; the job may have been submitted: look for it by name "
+                              f"{job_name!r}") from exc
+        if result.returncode != 0:
+            raise SubmitError(_one_line(result.stderr or result.stdout)
+                              or f"sbatch failed with exit code {result.returncode}")
+        return parse_sbatch(result.stdout)
+
+    def find(self, job_name: str) -> list[JobInfo]:
+        return self.slurm.find(job_name)
+
+    def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        return self.slurm.states(job_ids)
+
+    def cancel(self, job_id: str) -> None:
+        self.slurm.cancel(job_id)
+
+    # -- copying results back ---------------------------------------------------------------
+    def finished_folders(self, folders: Sequence[Path]) -> list[Path]:
+        """Of the local job ``folders``, those whose remote twin holds a completion record:
+        one round trip for all of them."""
+        if not folders:
+            return []
+        by_remote = {self.remote_dir(f): f for f in folders}
+        script = _LIST_RECORDS.format(record=RECORD)
+        result = self.ssh.run(["sh", "-c", script, "eventflow-list", *by_remote],
+                              self.timeout)
+        if result.returncode != 0:
+            raise SchedulerError(f"{self.name}: listing records: {_one_line(result.stderr)}")
+        return [by_remote[line] for line in result.stdout.splitlines() if line in by_remote]
+
+    def fetch(self, folders: Sequence[Path]) -> None:
+        """Copy the remote job folders back (checksums) in one rsync for all of them
+        (``--relative`` from the work folder); ``--delay-updates`` puts every file in place
+        only at the end, so a local record means the rest of its folder has arrived."""
+        if not folders:
+            return
+        base = check_workdir(self.cluster.workdir)
+        sources = []
+        for folder in folders:
+            relative = posixpath.relpath(self.remote_dir(folder), base)
+            sources.append(self.ssh.remote(f"{base}/./{relative}/"))
+        self.ssh.rsync(sources, f"{self.root}/", self.timeout * 10,
+                       extra=["--relative", "--delay-updates",
+                              *(f"--exclude={p}" for p in self.fetch_exclude)])
+
+    def close(self) -> None:
+        self.ssh.close()
+
+
+__all__ = ["RemoteScheduler", "Unreachable"]
