@@ -494,3 +494,12 @@ class EventStore(LogBase):
         finally:
             target.close()
         os.replace(tmp, dest)
+
+
+def open_store(location: Path | str, *, create: bool = False) -> LogBase:
+    """The log at ``location``: a ``postgresql://`` URL, or else a SQLite file's path."""
+    if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+        from eventflow.shell.store_pg import PostgresEventStore
+
+        return PostgresEventStore(location, create=create)
+    return EventStore(location, create=create)
