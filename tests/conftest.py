@@ -86,3 +86,12 @@ def need_postgres(postgres_server: str | None) -> str:
     yield f"{postgres_server}{sep}options=-csearch_path%3D{schema}"
     with psycopg.connect(postgres_server, autocommit=True) as db:
         db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a fresh event log goes, once per store: a SQLite file, or an empty schema on the
+    test PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return request.getfixturevalue("need_postgres")

@@ -187,26 +187,26 @@ def _event_line(d: dict[str, Any]) -> str:
 @command("tail")
 def cmd_tail(args: argparse.Namespace) -> int:
     with _tracker(args) as tracker:
+        from eventflow.shell.follow import follow
+
         store = tracker.store
         types = [args.type] if args.type else None
-        last = max(0, store.last_seq() - 10 * args.n) if args.n else 0
-        recent = list(store.read(after=last, stream=args.material, types=types))[-args.n:] \
-            if args.n else []
+        head = store.last_seq()  # followed from here: see shell.follow
+        last = max(0, head - 10 * args.n) if args.n else 0
+        recent = list(store.read(after=last, until_seq=head, stream=args.material,
+                                 types=types))[-args.n:] if args.n else []
         emit = (lambda d: print(json.dumps(d, sort_keys=True, default=str), flush=True)) \
             if args.json else (lambda d: print(_event_line(d), flush=True))
         if args.n and len(recent) < args.n and last > 0:
-            recent = list(store.read(stream=args.material, types=types))[-args.n:]
+            recent = list(store.read(until_seq=head, stream=args.material,
+                                     types=types))[-args.n:]
         for rec in recent:
             emit(_event_dict(rec))
         if not args.follow:
             return 0
-        cursor = store.last_seq()
         try:
-            while True:
-                for rec in store.read(after=cursor, stream=args.material, types=types):
-                    emit(_event_dict(rec))
-                cursor = max(cursor, store.last_seq())
-                time.sleep(0.2)
+            for rec in follow(store, head, stream=args.material, types=types):
+                emit(_event_dict(rec))
         except KeyboardInterrupt:
             return 0
 

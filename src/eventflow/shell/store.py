@@ -16,6 +16,7 @@ import hashlib
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -181,6 +182,10 @@ class LogBase:
 
     def backup(self, dest: Path) -> None:
         raise NotImplementedError
+
+    def wait_for_append(self, timeout: float) -> None:
+        """Return when another process may have appended, or after ``timeout`` seconds."""
+        time.sleep(timeout)
 
     def __enter__(self) -> LogBase:
         return self
@@ -481,6 +486,16 @@ class EventStore(LogBase):
             self.db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows[0])
         else:
             self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def wait_for_append(self, timeout: float) -> None:
+        """Poll SQLite's ``data_version`` (it changes when another connection commits) until
+        it changes or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        before = self.db.execute("PRAGMA data_version").fetchone()[0]
+        while time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if self.db.execute("PRAGMA data_version").fetchone()[0] != before:
+                return
 
     def backup(self, dest: Path) -> None:
         """A consistent online copy of the log (SQLite backup API), safe while writers run."""

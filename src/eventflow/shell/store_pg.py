@@ -92,6 +92,7 @@ class PostgresEventStore(LogBase):
         self.url = url
         self.path = redacted(url)
         self._integrity_errors = (psycopg.errors.IntegrityError,)
+        self._listener: Any = None
         try:
             self.db = psycopg.connect(url, autocommit=True)
         except psycopg.OperationalError as exc:
@@ -123,6 +124,8 @@ class PostgresEventStore(LogBase):
 
     def close(self) -> None:
         self.db.close()
+        if self._listener is not None:
+            self._listener.close()
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> Any:
         try:
@@ -140,12 +143,22 @@ class PostgresEventStore(LogBase):
             self.db.execute("ROLLBACK")
 
     def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        self.query("NOTIFY eventflow_appended")  # delivered at COMMIT, to followers (tail -f)
         if len(rows) == 1:
             self.query("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows[0])
             return
         with self.db.cursor().copy(_COPY) as copy:  # a batch: COPY, the server's fast path
             for row in rows:
                 copy.write_row(row)
+
+    def wait_for_append(self, timeout: float) -> None:
+        """LISTEN (on a connection of its own, opened on first use) until an append's NOTIFY
+        arrives or ``timeout`` passes: a follower wakes within milliseconds of a commit."""
+        if self._listener is None:
+            self._listener = self._psycopg.connect(self.url, autocommit=True)
+            self._listener.execute("LISTEN eventflow_appended")
+        for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+            pass
 
     def backup(self, dest: Path) -> None:
         raise EventflowError(
