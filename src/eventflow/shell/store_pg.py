@@ -54,6 +54,7 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION eventflow_append_only();
 """
 
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 _COPY = ("COPY events (seq, stream, version, type, schema_version, data, meta, recorded_at, "
          "idempotency_key, hash) FROM STDIN")
 
@@ -93,6 +94,7 @@ class PostgresEventStore(LogBase):
         self.path = redacted(url)
         self._integrity_errors = (psycopg.errors.IntegrityError,)
         self._listener: Any = None
+        self._notify = False
         try:
             self.db = psycopg.connect(url, autocommit=True)
         except psycopg.OperationalError as exc:
@@ -134,16 +136,21 @@ class PostgresEventStore(LogBase):
             raise EventflowError(f"{self.path}: lost the log's server: {_one_line(exc)}") from None
 
     def _begin(self) -> None:
-        self.query("BEGIN")
         # Held until COMMIT/ROLLBACK: appends are serialised, so seq order is commit order.
-        self.query("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
+        # One round trip (a fixed text, our own constant: no parameters to bind).
+        self._notify = False
+        self.query(_BEGIN_LOCKED)
+
+    def _commit(self) -> None:
+        # NOTIFY is delivered at COMMIT, to followers (tail -f); sent with it in one trip.
+        self.query("NOTIFY eventflow_appended; COMMIT" if self._notify else "COMMIT")
 
     def _rollback(self) -> None:
         if not self.db.closed and not self.db.broken:
             self.db.execute("ROLLBACK")
 
     def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        self.query("NOTIFY eventflow_appended")  # delivered at COMMIT, to followers (tail -f)
+        self._notify = True
         if len(rows) == 1:
             self.query("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows[0])
             return
