@@ -4,13 +4,16 @@ reading commands (status, show, tail -f, replay, verify) working on it as on SQL
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from eventflow.shell.api import Tracker
 from eventflow.shell.store import EventStore, open_store
-from tests.integration.helpers import SI, eventflow
+from tests.integration.helpers import CLI, SI, eventflow
 
 
 def _project_with_materials(tmp_path: Path, n: int) -> Path:
@@ -81,3 +84,24 @@ def test_eventflow_store_names_an_unreachable_server_in_one_line(tmp_path: Path)
         "EVENTFLOW_STORE": f"postgresql:///x?host={tmp_path}&port=5999"})
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "cannot reach the log's server" in proc.stderr
+
+
+def test_tail_follow_prints_another_writers_append(tmp_path: Path, need_postgres: str) -> None:
+    """tail -f on PostgreSQL wakes by LISTEN/NOTIFY on an append from another process."""
+    project = tmp_path / "proj"
+    eventflow(tmp_path, "init", str(project), "--store", need_postgres)
+    tail = subprocess.Popen([*CLI, "--project", str(project), "tail", "-f", "-n", "0", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(60, tail.kill)  # a bound on waiting: a hang fails, not blocks
+    guard.start()
+    try:
+        time.sleep(1.5)  # tail has read the head (an append before that is not "new")
+        with Tracker.open(project) as t:
+            t.create_material(SI, material_id="Si9", workflow="single", code="noop",
+                              params={"command": ["true"]})
+        event = json.loads(tail.stdout.readline())
+        assert event["stream"] == "Si9" and event["type"] == "MaterialRegistered"
+    finally:
+        guard.cancel()
+        tail.terminate()
+        tail.wait(timeout=10)
