@@ -72,3 +72,52 @@ def need_sshd(monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def need_pwx() -> None:
     require(shutil.which("pw.x") is not None, "no pw.x (apt-get install quantum-espresso)")
+
+
+def postgres_url() -> str | None:
+    """The test server's URL ($EVENTFLOW_TEST_PG, or scripts/local-postgres's default), if it
+    answers."""
+    url = os.environ.get("EVENTFLOW_TEST_PG") or subprocess.run(
+        [str(REPO / "scripts" / "local-postgres"), "url"], capture_output=True, text=True,
+        check=False).stdout.strip()
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error:
+        return None
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str | None:
+    return postgres_url()
+
+
+@pytest.fixture
+def need_postgres(postgres_server: str | None) -> str:
+    """A URL of an empty schema of its own on the test PostgreSQL server (dropped after)."""
+    require(postgres_server is not None,
+            "no PostgreSQL server with psycopg (start one: scripts/local-postgres start)")
+    import uuid
+
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA {schema}")  # a fixed-format name, no user text
+    sep = "&" if "?" in postgres_server else "?"
+    yield f"{postgres_server}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(postgres_server, autocommit=True) as db:
+        db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a fresh event log goes, once per store: a SQLite file, or an empty schema on the
+    test PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return request.getfixturevalue("need_postgres")

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from eventflow.core import events as ev
 from eventflow.core.kinds import ERROR_KINDS
@@ -21,6 +28,12 @@ from eventflow.core.lifecycle import CALCULATION_ACTIVE
 from eventflow.errors import IllegalTransition
 from eventflow.shell.api import Tracker
 from eventflow.shell.projections import Projections, fold_log, rows_of
+from tests.conftest import require
+
+try:
+    import psycopg
+except ImportError:  # only the PostgreSQL run needs it; it requires the server (and so psycopg)
+    psycopg = None
 
 MATERIALS = ["Si", "C", "NaCl", "MgO"]
 STEPS = ["A", "B"]
@@ -47,14 +60,28 @@ def _sorted_rows(rows: dict) -> dict:
 
 
 class LogMachine(RuleBasedStateMachine):
+    server: str | None = None  # a PostgreSQL server's URL: each run's log in a schema of its own
+
     @initialize()
     def start(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ef-sm-"))
-        self.tracker = Tracker.init(self.dir)
+        self.schema = None
+        url = None
+        if self.server is not None:
+            self.schema = f"sm_{uuid.uuid4().hex[:12]}"
+            with psycopg.connect(self.server, autocommit=True) as db:
+                db.execute(f"CREATE SCHEMA {self.schema}")  # fixed-format name
+            url = f"{self.server}{'&' if '?' in self.server else '?'}" \
+                  f"options=-csearch_path%3D{self.schema}"
+        self.tracker = Tracker.init(self.dir, store=url)
         (self.dir / "s.cif").write_text(CIF)
 
     def teardown(self) -> None:
-        self.tracker.close()
+        if hasattr(self, "tracker"):
+            self.tracker.close()
+        if getattr(self, "schema", None):
+            with psycopg.connect(self.server, autocommit=True) as db:
+                db.execute(f"DROP SCHEMA {self.schema} CASCADE")
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _calc(self, mid: str, pick: int, states: tuple[str, ...]) -> str | None:
@@ -164,3 +191,18 @@ LogMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestLogMachine = LogMachine.TestCase
+
+
+class PostgresLogMachine(LogMachine):
+    pass
+
+
+def test_the_same_machine_on_postgresql(postgres_server: str | None) -> None:
+    """The same rules and invariants with the log on the PostgreSQL server (fewer runs: each
+    makes a schema and many round trips)."""
+    require(postgres_server is not None,
+            "no PostgreSQL server with psycopg (start one: scripts/local-postgres start)")
+    PostgresLogMachine.server = postgres_server
+    run_state_machine_as_test(PostgresLogMachine, settings=settings(
+        max_examples=12, stateful_step_count=25, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow]))

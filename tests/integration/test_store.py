@@ -1,4 +1,5 @@
-"""The SQLite event log: append-only, idempotent, optimistic, tamper-evident."""
+"""The event log: append-only, idempotent, optimistic, tamper-evident — on SQLite and on a
+real PostgreSQL server (scripts/local-postgres), one contract, one set of tests."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from eventflow.core import events as ev
-from eventflow.errors import ConcurrencyError, LogCorruptError, LogTooNewError
-from eventflow.shell.store import EventStore
+from eventflow.errors import ConcurrencyError, EventflowError, LogCorruptError, LogTooNewError
+from eventflow.shell.store import EventStore, LogBase, NewEvent, open_store
 
 
 def _registered(mid: str) -> ev.MaterialRegistered:
@@ -19,13 +20,24 @@ def _registered(mid: str) -> ev.MaterialRegistered:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EventStore:
-    s = EventStore(tmp_path / "events.db", create=True)
+def location(log_location: str) -> str:
+    return log_location
+
+
+@pytest.fixture
+def store(location: str) -> LogBase:
+    s = open_store(location, create=True)
     yield s
     s.close()
 
 
-def test_append_assigns_global_seq_and_gapless_stream_versions(store: EventStore) -> None:
+def _refused(store: LogBase, sql: str) -> None:
+    """``sql`` fails with the log's append-only message, and the transaction is undone."""
+    with pytest.raises(Exception, match="append-only"):
+        store.query(sql)
+
+
+def test_append_assigns_global_seq_and_gapless_stream_versions(store: LogBase) -> None:
     store.append("a", [_registered("a")])
     store.append("b", [_registered("b")])
     recs = store.append("a", [ev.MaterialHeld("x"), ev.MaterialReleased()])
@@ -34,48 +46,60 @@ def test_append_assigns_global_seq_and_gapless_stream_versions(store: EventStore
     assert [r.version for r in store.read(stream="b")] == [1]
 
 
-def test_the_log_refuses_update_and_delete(store: EventStore) -> None:
+def test_the_log_refuses_update_and_delete(store: LogBase) -> None:
     store.append("a", [_registered("a")])
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        store.db.execute("UPDATE events SET data = '{}'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        store.db.execute("DELETE FROM events")
+    _refused(store, "UPDATE events SET data = '{}'")
+    _refused(store, "DELETE FROM events")
+    if not isinstance(store, EventStore):  # SQLite has no TRUNCATE; PostgreSQL's is refused
+        _refused(store, "TRUNCATE events")
     assert store.last_seq() == 1
+    assert store.verify_chain() == (1, [])
 
 
-def test_same_idempotency_key_returns_the_stored_event(store: EventStore) -> None:
+def test_same_idempotency_key_returns_the_stored_event(store: LogBase) -> None:
     first = store.append("a", [_registered("a")], idempotency_key="k1")
     again = store.append("a", [_registered("a")], idempotency_key="k1")
     assert again[0].seq == first[0].seq
     assert store.last_seq() == 1
 
 
-def test_expected_version_mismatch_appends_nothing(store: EventStore) -> None:
+def test_expected_version_mismatch_appends_nothing(store: LogBase) -> None:
     store.append("a", [_registered("a")])
     with pytest.raises(ConcurrencyError):
         store.append("a", [ev.MaterialHeld(), ev.MaterialReleased()], expected_version=0)
     assert store.last_seq() == 1
 
 
-def test_batched_append_over_many_streams_is_one_transaction(store: EventStore) -> None:
-    from eventflow.shell.store import NewEvent
-
+def test_batched_append_over_many_streams_is_one_transaction(store: LogBase) -> None:
     items = [NewEvent(f"m{i}", _registered(f"m{i}")) for i in range(1000)]
     recs = store.append_many(items)
     assert len(recs) == 1000 and store.last_seq() == 1000
     assert store.verify_chain() == (1000, [])
+    assert [r.event for r in store.read(stream="m999")] == [_registered("m999")]
 
 
-def _append_with_key(path: str, barrier: mp.Barrier, out: mp.Queue) -> None:
-    s = EventStore(path)
+def test_a_refused_batch_leaves_nothing_behind(store: LogBase) -> None:
+    store.append("x", [_registered("x")])
+    # Two items of one batch carry the same key: the log's UNIQUE refuses the whole batch.
+    with pytest.raises(ConcurrencyError):
+        store.append_many([NewEvent("b", _registered("b")),
+                           NewEvent("b", ev.MaterialHeld("y"), "k2"),
+                           NewEvent("c", _registered("c"), "k2")])
+    assert store.last_seq() == 1
+    assert store.verify_chain() == (1, [])
+    assert store.append("b", [_registered("b")])[0].seq == 2  # the log goes on after it
+
+
+def _append_with_key(location: str, barrier: mp.Barrier, out: mp.Queue) -> None:
+    s = open_store(location)
     barrier.wait()
     rec = s.append("same", [_registered("same")], idempotency_key="only-once")
     out.put(rec[0].seq)
     s.close()
 
 
-def _append_expected(path: str, barrier: mp.Barrier, out: mp.Queue) -> None:
-    s = EventStore(path)
+def _append_expected(location: str, barrier: mp.Barrier, out: mp.Queue) -> None:
+    s = open_store(location)
     barrier.wait()
     try:
         s.append("race", [ev.MaterialHeld("me")], expected_version=1)
@@ -85,10 +109,10 @@ def _append_expected(path: str, barrier: mp.Barrier, out: mp.Queue) -> None:
     s.close()
 
 
-def _run8(target, path: Path) -> list:
+def _run8(target, location: str) -> list:
     ctx = mp.get_context("fork")
     barrier, out = ctx.Barrier(8), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(str(path), barrier, out)) for _ in range(8)]
+    procs = [ctx.Process(target=target, args=(location, barrier, out)) for _ in range(8)]
     for p in procs:
         p.start()
     results = [out.get(timeout=60) for _ in procs]
@@ -98,23 +122,43 @@ def _run8(target, path: Path) -> list:
     return results
 
 
-def test_eight_processes_same_idempotency_key_give_exactly_one_row(tmp_path: Path) -> None:
-    path = tmp_path / "events.db"
-    EventStore(path, create=True).close()
-    seqs = _run8(_append_with_key, path)
+def test_eight_processes_same_idempotency_key_give_exactly_one_row(location: str) -> None:
+    open_store(location, create=True).close()
+    seqs = _run8(_append_with_key, location)
     assert len(set(seqs)) == 1
-    with EventStore(path) as s:
+    with open_store(location) as s:
         assert s.last_seq() == 1
 
 
-def test_eight_processes_same_expected_version_exactly_one_wins(tmp_path: Path) -> None:
-    path = tmp_path / "events.db"
-    with EventStore(path, create=True) as s:
+def test_eight_processes_same_expected_version_exactly_one_wins(location: str) -> None:
+    with open_store(location, create=True) as s:
         s.append("race", [_registered("race")])
-    results = _run8(_append_expected, path)
+    results = _run8(_append_expected, location)
     assert sorted(results) == ["lost"] * 7 + ["won"]
-    with EventStore(path) as s:
+    with open_store(location) as s:
         assert s.stream_version("race") == 2
+        assert s.verify_chain() == (2, [])
+
+
+def _disable_protection(store: LogBase) -> None:
+    """What someone with the database's keys could do: switch the append-only triggers off."""
+    if isinstance(store, EventStore):
+        store.query("DROP TRIGGER events_no_update")
+    else:
+        store.query("SET session_replication_role = replica")  # superuser: triggers off
+
+
+@pytest.mark.parametrize("column", ["data", "meta", "recorded_at", "type"])
+def test_verify_names_the_row_someone_altered_behind_the_triggers(store: LogBase,
+                                                                  column: str) -> None:
+    for i in range(12):
+        store.append(f"m{i % 3}", [_registered(f"m{i}") if i < 3 else ev.MaterialHeld(f"r{i}")])
+    _disable_protection(store)
+    value = store.query(f"SELECT {column} FROM events WHERE seq = 7").fetchone()[0]
+    altered = value[:-2] + ("X" if value[-2] != "X" else "Y") + value[-1]
+    store.query(f"UPDATE events SET {column} = ? WHERE seq = 7", (altered,))
+    count, problems = store.verify_chain()
+    assert problems and problems[0].startswith("seq 7:")
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -124,7 +168,8 @@ def _flip(path: Path, offset: int) -> None:
 
 
 def test_verify_detects_a_flipped_byte_anywhere_in_the_data(tmp_path: Path) -> None:
-    """Copy the log, flip one bit inside the stored JSON of some event, verify must name it."""
+    """SQLite's file: copy the log, flip one bit inside the stored JSON of some event, verify
+    must name it."""
     src = tmp_path / "events.db"
     with EventStore(src, create=True) as s:
         for i in range(30):
@@ -156,28 +201,47 @@ def test_a_corrupt_log_gives_one_line_naming_the_file(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_a_log_from_a_newer_eventflow_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "events.db"
-    EventStore(path, create=True).close()
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version = 99")
-    db.close()
+def test_a_server_that_is_down_gives_one_line_naming_it(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")  # the driver is installed by scripts/setup in CI
+    url = f"postgresql:///eventflow?host={tmp_path}&port=5999&user=eventflow"
+    with pytest.raises(EventflowError, match="cannot reach the log's server") as info:
+        open_store(url)
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_a_missing_log_on_the_server_is_named(need_postgres: str) -> None:
+    with pytest.raises(EventflowError, match="no event log here"):
+        open_store(need_postgres)
+
+
+def test_a_log_from_a_newer_eventflow_is_refused(location: str) -> None:
+    with open_store(location, create=True) as s:
+        if isinstance(s, EventStore):
+            s.query("PRAGMA user_version = 99")
+        else:
+            s.query("INSERT INTO eventflow_schema VALUES (99)")
     with pytest.raises(LogTooNewError, match="upgrade"):
-        EventStore(path)
+        open_store(location)
 
 
-def test_unknown_events_are_preserved_and_reported_by_verify(tmp_path: Path) -> None:
+def test_unknown_events_are_preserved_and_reported_by_verify(store: LogBase) -> None:
     """An event type from a newer version: kept in the log, named by verify, never dropped."""
-    from eventflow.shell.store import GENESIS, canonical, row_hash
+    from eventflow.shell.store import canonical, row_hash
 
-    path = tmp_path / "events.db"
-    with EventStore(path, create=True) as s:
-        s.append("a", [_registered("a")])
-        prev = s.db.execute("SELECT hash FROM events WHERE seq = 1").fetchone()[0] or GENESIS
-        data, meta, at = canonical({"x": 1}).decode(), "{}", "2030-01-01T00:00:00.000000Z"
-        h = row_hash(prev, 2, "a", 2, "FutureThing", 1, data, meta, at, None)
-        s.db.execute("INSERT INTO events VALUES (2,'a',2,'FutureThing',1,?,?,?,NULL,?)",
-                     (data, meta, at, h))
-        count, problems = s.verify_chain()
+    store.append("a", [_registered("a")])
+    prev = store.query("SELECT hash FROM events WHERE seq = 1").fetchone()[0]
+    data, meta, at = canonical({"x": 1}).decode(), "{}", "2030-01-01T00:00:00.000000Z"
+    h = row_hash(prev, 2, "a", 2, "FutureThing", 1, data, meta, at, None)
+    store.query("INSERT INTO events VALUES (2,'a',2,'FutureThing',1,?,?,?,NULL,?)",
+                (data, meta, at, h))
+    count, problems = store.verify_chain()
     assert count == 2
     assert any("seq 2" in p and "FutureThing" in p for p in problems)
+
+
+def test_sqlite_error_class_is_the_drivers(tmp_path: Path) -> None:
+    """The SQLite log still raises sqlite3's own error for a refused UPDATE (callers catch it)."""
+    with EventStore(tmp_path / "e.db", create=True) as s:
+        s.append("a", [_registered("a")])
+        with pytest.raises(sqlite3.IntegrityError):
+            s.db.execute("DELETE FROM events")

@@ -22,9 +22,9 @@ from eventflow.core.lifecycle import CALCULATION_STATES, MATERIAL_STATES
 from eventflow.core.policy import PolicyConfig, decide
 from eventflow.core.state import MaterialState, apply, calculation_id, fold, would_accept
 from eventflow.errors import ConcurrencyError, EventflowError, IllegalTransition
-from eventflow.shell.project import Project, initialise
+from eventflow.shell.project import Project, initialise, set_store
 from eventflow.shell.projections import Projections
-from eventflow.shell.store import EventStore
+from eventflow.shell.store import open_store
 
 _RETRIES = 20
 
@@ -32,7 +32,7 @@ _RETRIES = 20
 class Tracker:
     def __init__(self, project: Project, *, policy: PolicyConfig | None = None) -> None:
         self.project = project
-        self.store = EventStore(project.log_path)
+        self.store = open_store(project.store)
         self.projections = Projections(project.projections_path)
         self._policy = policy
 
@@ -42,9 +42,11 @@ class Tracker:
         return cls(Project.at(path), **kw)
 
     @classmethod
-    def init(cls, path: Path | str = ".") -> Tracker:
+    def init(cls, path: Path | str = ".", *, store: str | None = None) -> Tracker:
         project = initialise(path)
-        EventStore(project.log_path, create=True).close()
+        if store is not None:
+            set_store(project, store)
+        open_store(project.store, create=True).close()
         if not project.projections_path.exists():
             Projections(project.projections_path, create=True).close()
         return cls(project)

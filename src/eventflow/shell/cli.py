@@ -54,9 +54,9 @@ def _console() -> Any:
 def cmd_init(args: argparse.Namespace) -> int:
     from eventflow.shell.api import Tracker
 
-    with Tracker.init(args.directory) as tracker:
+    with Tracker.init(args.directory, store=args.store) as tracker:
         print(f"initialised eventflow project in {tracker.project.root}")
-        print(f"  event log:     {tracker.project.log_path}")
+        print(f"  event log:     {tracker.store.path}")
         print(f"  configuration: {tracker.project.root / 'config'}/")
     return 0
 
@@ -127,7 +127,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         tracker.projections.catch_up(tracker.store)
         material = tracker.projections.material(mid)
         if material is None:
-            raise EventflowError(f"no material {mid!r} in {tracker.project.log_path}")
+            raise EventflowError(f"no material {mid!r} in {tracker.store.path}")
         calcs = tracker.projections.calculations(mid)
         props = tracker.projections.properties(mid)
         errors = tracker.projections.errors(mid)
@@ -202,26 +202,26 @@ def _event_line(d: dict[str, Any]) -> str:
 @command("tail")
 def cmd_tail(args: argparse.Namespace) -> int:
     with _tracker(args) as tracker:
+        from eventflow.shell.follow import follow
+
         store = tracker.store
         types = [args.type] if args.type else None
-        last = max(0, store.last_seq() - 10 * args.n) if args.n else 0
-        recent = list(store.read(after=last, stream=args.material, types=types))[-args.n:] \
-            if args.n else []
+        head = store.last_seq()  # followed from here: see shell.follow
+        last = max(0, head - 10 * args.n) if args.n else 0
+        recent = list(store.read(after=last, until_seq=head, stream=args.material,
+                                 types=types))[-args.n:] if args.n else []
         emit = (lambda d: print(json.dumps(d, sort_keys=True, default=str), flush=True)) \
             if args.json else (lambda d: print(_event_line(d), flush=True))
         if args.n and len(recent) < args.n and last > 0:
-            recent = list(store.read(stream=args.material, types=types))[-args.n:]
+            recent = list(store.read(until_seq=head, stream=args.material,
+                                     types=types))[-args.n:]
         for rec in recent:
             emit(_event_dict(rec))
         if not args.follow:
             return 0
-        cursor = store.last_seq()
         try:
-            while True:
-                for rec in store.read(after=cursor, stream=args.material, types=types):
-                    emit(_event_dict(rec))
-                cursor = max(cursor, store.last_seq())
-                time.sleep(0.2)
+            for rec in follow(store, head, stream=args.material, types=types):
+                emit(_event_dict(rec))
         except KeyboardInterrupt:
             return 0
 
@@ -260,7 +260,7 @@ def _until(value: str | None) -> dict[str, Any]:
 def cmd_replay(args: argparse.Namespace) -> int:
     from eventflow.shell.project import Project
     from eventflow.shell.projections import Projections, fold_log, rows_of
-    from eventflow.shell.store import EventStore
+    from eventflow.shell.store import open_store
 
     project = Project.at(args.project)
     if args.what_if:
@@ -268,7 +268,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         return run_what_if(project, args)
     until = _until(args.until)
-    with EventStore(project.log_path) as store:
+    with open_store(project.store) as store:
         if not until and not args.output:
             started = time.perf_counter()
             live = Projections(project.projections_path, create=True)
@@ -310,10 +310,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from eventflow.shell.project import Project
     from eventflow.shell.projections import Projections, fold_log, rows_of
-    from eventflow.shell.store import EventStore
+    from eventflow.shell.store import open_store
 
     project = Project.at(args.project)
-    with EventStore(project.log_path) as store:
+    with open_store(project.store) as store:
         count, problems = store.verify_chain()
         if not problems and project.projections_path.exists():
             stored = Projections(project.projections_path)
@@ -328,7 +328,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                     f"(as of seq {at}): run `eventflow replay`")
     if problems:
         for p in problems:
-            print(f"{project.log_path}: {p}", file=sys.stderr)
+            print(f"{store.path}: {p}", file=sys.stderr)
         return 1
     print(f"ok: {count} events, hash chain intact, projections match a fresh replay")
     return 0
@@ -337,13 +337,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 @command("backup")
 def cmd_backup(args: argparse.Namespace) -> int:
     from eventflow.shell.project import Project
-    from eventflow.shell.store import EventStore
+    from eventflow.shell.store import open_store
 
     project = Project.at(args.project)
     dest = Path(args.dest)
     if dest.is_dir():
         dest = dest / f"events-{time.strftime('%Y%m%dT%H%M%S')}.db"
-    with EventStore(project.log_path) as store:
+    with open_store(project.store) as store:
         store.backup(dest)
         print(f"backed up {store.last_seq()} events to {dest}")
     return 0
@@ -356,6 +356,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from eventflow.shell.store import EventStore
 
     project = Project.at(args.project)
+    if project.store != str(project.log_path):
+        raise EventflowError(f"{project.store}: restore a PostgreSQL log with the server's tools "
+                             "(pg_restore, or point-in-time recovery from its WAL archive)")
     src = Path(args.src)
     with EventStore(src) as backup:
         count, problems = backup.verify_chain()
@@ -512,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="make a folder an eventflow project")
     p.add_argument("directory", nargs="?", default=".", help="folder (default: here)")
+    p.add_argument("--store", metavar="URL",
+                   help="keep the log on a PostgreSQL server (postgresql://user@host/db; the "
+                        "password comes from ~/.pgpass, PGPASSWORD or a service file)")
 
     p = sub.add_parser("status", help="where every material stands")
     p.add_argument("--state", choices=MATERIAL_STATES, metavar="STATE",
@@ -596,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eventflow.shell import cli_cluster  # cluster add/list/check/remove
 
     cli_cluster.register(sub)
+    from eventflow.shell import cli_store  # migrate-store
+
+    cli_store.register(sub)
     _describe_subcommands(sub)
     return parser
 

@@ -30,7 +30,7 @@ from eventflow.errors import IllegalTransition
 from eventflow.shell.import_parse import Parsed
 from eventflow.shell.import_scan import Skipped
 from eventflow.shell.projections import fold_log
-from eventflow.shell.store import EventStore, NewEvent
+from eventflow.shell.store import LogBase, NewEvent
 
 IMPORTED_WORKFLOW = "imported"
 ACTOR = "import"
@@ -89,21 +89,21 @@ def _chunks(values: list[str], size: int = 500) -> Iterable[list[str]]:
         yield values[i : i + size]
 
 
-def _stored(store: EventStore, column: str, values: Iterable[str]) -> set[str]:
+def _stored(store: LogBase, column: str, values: Iterable[str]) -> set[str]:
     """Which of ``values`` the log holds in ``column`` (a fixed column name, never user text)."""
     found: set[str] = set()
     for chunk in _chunks(sorted(set(values))):
         marks = ",".join("?" * len(chunk))
-        found.update(r[0] for r in store.db.execute(
+        found.update(r[0] for r in store.query(
             f"SELECT DISTINCT {column} FROM events WHERE {column} IN ({marks})", chunk))
     return found
 
 
-def existing_streams(store: EventStore, ids: Iterable[str]) -> set[str]:
+def existing_streams(store: LogBase, ids: Iterable[str]) -> set[str]:
     return _stored(store, "stream", ids)
 
 
-def stored_keys(store: EventStore, keys: Iterable[str]) -> set[str]:
+def stored_keys(store: LogBase, keys: Iterable[str]) -> set[str]:
     return _stored(store, "idempotency_key", keys)
 
 
@@ -119,7 +119,7 @@ def request_key(p: Parsed, attached: bool) -> str:
 
 
 def plan_import(
-    store: EventStore,
+    store: LogBase,
     parsed: list[Parsed],
     *,
     running: set[str],

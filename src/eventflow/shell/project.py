@@ -73,6 +73,12 @@ class Project:
         return self.state_dir / "events.db"
 
     @property
+    def store(self) -> str:
+        """Where the log is: ``$EVENTFLOW_STORE``, else ``store:`` in config/project.yaml (a
+        ``postgresql://`` URL), else the SQLite file in the state folder."""
+        return _store(self.root) or str(self.log_path)
+
+    @property
     def projections_path(self) -> Path:
         return self.state_dir / "projections.db"
 
@@ -145,6 +151,45 @@ def _state_dir(root: Path) -> Path:
             path = Path(str(doc["state_dir"])).expanduser()
             return (path if path.is_absolute() else root / path).resolve()
     return root / MARKER
+
+
+def _store(root: Path) -> str | None:
+    env = os.environ.get("EVENTFLOW_STORE")
+    if env:
+        return check_store_url(env, "EVENTFLOW_STORE")
+    project_yaml = root / "config" / "project.yaml"
+    if project_yaml.is_file():
+        doc = load_yaml(project_yaml) or {}
+        if isinstance(doc, dict) and doc.get("store"):
+            return check_store_url(str(doc["store"]), str(project_yaml))
+    return None
+
+
+def check_store_url(url: str, where: str) -> str:
+    """``url`` if it is a PostgreSQL URL without a password; the password belongs in libpq's
+    own places (~/.pgpass, PGPASSWORD, a service file), never in eventflow's files."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"{where}: store {url!r} is not a postgresql:// URL")
+    if parts.password is not None or "password" in parse_qs(parts.query):
+        raise ConfigError(f"{where}: the store URL holds a password; put it in ~/.pgpass, "
+                          "PGPASSWORD or a service file instead")
+    return url
+
+
+def set_store(project: Project, url: str) -> None:
+    """Record ``store: url`` in the project's config/project.yaml (kept as the user wrote it
+    otherwise: one line added or replaced)."""
+    check_store_url(url, "--store")
+    path = project.root / "config" / "project.yaml"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    lines = [line for line in lines if not line.startswith("store:")]
+    lines.append(f"store: {yaml.safe_dump(url, default_style=chr(34)).strip()}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def initialise(directory: Path | str) -> Project:

@@ -19,7 +19,7 @@ from eventflow.core import events as ev
 from eventflow.core.state import MaterialState, apply_event
 from eventflow.errors import EventflowError, IllegalTransition, ProjectionStale
 from eventflow.resources import data_text
-from eventflow.shell.store import FOLD_COLUMNS, EventStore
+from eventflow.shell.store import FOLD_COLUMNS, LogBase
 
 TABLES = ("materials", "calculations", "properties", "errors")
 
@@ -42,7 +42,7 @@ def gc_paused() -> Iterator[None]:
 
 
 def fold_log(
-    store: EventStore,
+    store: LogBase,
     *,
     streams: Iterable[str] | None = None,
     until_seq: int | None = None,
@@ -59,7 +59,7 @@ def fold_log(
 
 
 def _fold(
-    store: EventStore,
+    store: LogBase,
     streams: Iterable[str] | None,
     until_seq: int | None,
     until_time: str | None,
@@ -203,14 +203,14 @@ class Projections:
             db.execute("ROLLBACK")
             raise
 
-    def rebuild(self, store: EventStore, *, jobs: int | None = None, **until: Any) -> int:
+    def rebuild(self, store: LogBase, *, jobs: int | None = None, **until: Any) -> int:
         """Replace every row by a fresh fold of the log (optionally only up to ``until``),
         in ``jobs`` processes (default: one per core for a big log); see ``shell.replay``."""
         from eventflow.shell.replay import rebuild
 
         return rebuild(store, self, jobs=jobs, **until)
 
-    def catch_up(self, store: EventStore) -> int:
+    def catch_up(self, store: LogBase) -> int:
         """Apply what the log has beyond our ``last_seq``; return the number of new events."""
         mine = self.last_seq()
         theirs = store.last_seq()
@@ -223,7 +223,7 @@ class Projections:
             )
         changed = {
             r[0]
-            for r in store.db.execute(
+            for r in store.query(
                 "SELECT DISTINCT stream FROM events WHERE seq > ? AND seq <= ?", (mine, theirs))
         }
         changed.discard(ev.SYSTEM_STREAM)

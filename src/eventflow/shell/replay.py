@@ -39,7 +39,7 @@ from eventflow.shell.projections import (
     gc_paused,
     unreplayable,
 )
-from eventflow.shell.store import EventStore
+from eventflow.shell.store import LogBase, open_store
 
 PARALLEL_FROM = 200_000  # events; below this, starting processes costs more than it saves
 MAX_JOBS = 4
@@ -59,7 +59,7 @@ def default_jobs(events: int) -> int:
 
 
 def rebuild(
-    store: EventStore,
+    store: LogBase,
     views: Projections,
     *,
     until_seq: int | None = None,
@@ -77,12 +77,12 @@ def rebuild(
     workers: list[subprocess.Popen[bytes]] = []
     try:
         for k, (lo, hi) in enumerate(ranges[1:], start=1):
-            part = [str(store.path), str(scratch[k]), lo, hi, last, until_time]
+            part = [_location(store), str(scratch[k]), lo, hi, last, until_time]
             workers.append(subprocess.Popen(  # noqa: S603 - argv list, our own module
                 [sys.executable, "-m", "eventflow.shell.replay", json.dumps(part)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         lo, hi = ranges[0]
-        fold_range(store.path, scratch[0], lo, hi, last, until_time)
+        fold_range(_location(store), scratch[0], lo, hi, last, until_time)
         for worker in workers:
             _, err = worker.communicate()
             if worker.returncode != 0:
@@ -98,8 +98,13 @@ def rebuild(
     return last
 
 
+def _location(store: LogBase) -> str:
+    """What a worker opens: the file's path, or the full URL of a PostgreSQL log."""
+    return str(getattr(store, "url", store.path))
+
+
 def fold_range(
-    log: Path, out: Path, lo: str | None, hi: str | None, last: int, until_time: str | None
+    log: Path | str, out: Path, lo: str | None, hi: str | None, last: int, until_time: str | None
 ) -> int:
     """Fold the materials ``lo <= id < hi`` (events up to ``last``) into rows in ``out``.
 
@@ -107,7 +112,7 @@ def fold_range(
     """
     db = _scratch_db(out)
     try:
-        with gc_paused(), EventStore(log) as store:
+        with gc_paused(), open_store(log) as store:
             count = _fold_into(db, store, lo, hi, last, until_time)
         db.execute("COMMIT")
     finally:
@@ -115,7 +120,7 @@ def fold_range(
     return count
 
 
-def _fold_into(db: sqlite3.Connection, store: EventStore, lo: str | None, hi: str | None,
+def _fold_into(db: sqlite3.Connection, store: LogBase, lo: str | None, hi: str | None,
                last: int, until_time: str | None) -> int:
     rows = store.read_streams(lo=lo, hi=hi, until_seq=last, until_time=until_time)
     done: list[MaterialState] = []
@@ -198,7 +203,7 @@ def _merge_and_copy(scratch: list[Path], views: Projections, last: int) -> None:
         base.close()
 
 
-def _ranges(store: EventStore, jobs: int) -> list[Range]:
+def _ranges(store: LogBase, jobs: int) -> list[Range]:
     if jobs <= 1:
         return [(None, None)]
     ids = store.streams()

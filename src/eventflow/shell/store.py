@@ -1,5 +1,8 @@
 """The append-only event log: one SQLite file, WAL mode, one row per event.
 
+``LogBase`` is the contract both logs keep (this SQLite one and ``store_pg``'s PostgreSQL
+one); the SQL it runs is plain enough for both.
+
 Writers take ``BEGIN IMMEDIATE`` and a busy timeout, so concurrent writers
 queue instead of failing with 'database is locked'. Optimistic concurrency is
 ``UNIQUE(stream, version)``; idempotency is ``UNIQUE(idempotency_key)``; each
@@ -13,6 +16,7 @@ import hashlib
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,12 +69,13 @@ _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
 # The last row's seq and hash (NULLs when the log is empty), and one stream's version.
+# Plain SQL both backends run (``?`` marks; the PostgreSQL store turns them into ``%s``).
 _LAST_ROW = "(SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1)"
-_HEAD = f"SELECT last.seq, last.hash FROM (SELECT 1) LEFT JOIN {_LAST_ROW} AS last"
+_HEAD = f"SELECT head.seq, head.hash FROM (SELECT 1) AS one LEFT JOIN {_LAST_ROW} AS head ON TRUE"
 _HEAD_AND_VERSION = (
-    "SELECT last.seq, last.hash, "
+    "SELECT head.seq, head.hash, "
     "(SELECT coalesce(max(version), 0) FROM events WHERE stream = ?) "
-    f"FROM (SELECT 1) LEFT JOIN {_LAST_ROW} AS last"
+    f"FROM (SELECT 1) AS one LEFT JOIN {_LAST_ROW} AS head ON TRUE"
 )
 
 
@@ -129,7 +134,7 @@ def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
     """The ``WHERE`` text and arguments of those ``(clause, value)`` whose value is not None
     (the clauses are fixed text; only the values come from callers)."""
     kept = [(clause, value) for clause, value in conditions if value is not None]
-    return " AND ".join(c for c, _ in kept) or "1", [v for _, v in kept]
+    return " AND ".join(c for c, _ in kept) or "TRUE", [v for _, v in kept]
 
 
 def _decode_row(row: Sequence[Any]) -> ev.Recorded:
@@ -145,44 +150,44 @@ def _decode_row(row: Sequence[Any]) -> ev.Recorded:
     )
 
 
-class EventStore:
-    """The log. Open with ``EventStore(path)``; ``create=True`` makes a new one."""
+class LogBase:
+    """The event-store contract and everything in it that is plain SQL, shared by the SQLite
+    log (``EventStore``) and the PostgreSQL one (``store_pg.PostgresEventStore``).
 
-    def __init__(self, path: Path | str, *, create: bool = False, synchronous: str = "FULL"):
-        self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise EventflowError(
-                f"{self.path}: no event log here (run `eventflow init`, or restore from a backup)"
-            )
-        try:
-            self.db = sqlite3.connect(
-                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-            )
-            self.db.execute("PRAGMA busy_timeout = 60000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                # IF NOT EXISTS everywhere: two processes creating the log at once is harmless.
-                self.db.executescript(
-                    f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-                )
-            elif version > SCHEMA_VERSION:
-                raise LogTooNewError(
-                    f"{self.path}: written by a newer eventflow (log schema {version}, this one "
-                    f"knows {SCHEMA_VERSION}): upgrade eventflow"
-                )
-            self.db.execute("SELECT count(*) FROM events WHERE seq = 1").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise LogCorruptError(
-                f"{self.path}: not a readable event log ({exc}); restore it with "
-                "`eventflow restore BACKUP`"
-            ) from exc
+    A backend gives ``path`` (what error messages name), ``query`` (run SQL with ``?`` marks),
+    ``_begin`` (start the one-writer-at-a-time transaction), ``_insert_rows``, ``_commit``,
+    ``_rollback``, ``_integrity_errors``, ``close`` and ``backup``.
+    """
+
+    path: Any
+    _integrity_errors: tuple[type[BaseException], ...] = ()
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        self.query("COMMIT")
+
+    def _rollback(self) -> None:
+        self.query("ROLLBACK")
+
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
-        self.db.close()
+        raise NotImplementedError
 
-    def __enter__(self) -> EventStore:
+    def backup(self, dest: Path) -> None:
+        raise NotImplementedError
+
+    def wait_for_append(self, timeout: float) -> None:
+        """Return when another process may have appended, or after ``timeout`` seconds."""
+        time.sleep(timeout)
+
+    def __enter__(self) -> LogBase:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -218,25 +223,25 @@ class EventStore:
         """Append a batch (any streams) in one transaction; see ``append``."""
         if not items:
             return []
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        q = self.query
+        self._begin()
         try:
             keys = [i.idempotency_key for i in items if i.idempotency_key is not None]
             stored = self._by_keys(keys) if keys else {}
             if stored and len(stored) == len(keys) and len(keys) == len(items):
-                db.execute("COMMIT")
+                self._commit()
                 return [stored[k] for k in keys]
             if stored and items[0].idempotency_key in stored:
                 # The group's intent is already recorded: the whole group was appended then.
-                db.execute("COMMIT")
+                self._commit()
                 return [stored[items[0].idempotency_key]]
             streams = {i.stream for i in items}
             if len(streams) == 1:  # the common case: the log's head and the stream in one query
                 (only,) = streams
-                seq, prev, version = db.execute(_HEAD_AND_VERSION, (only,)).fetchone()
+                seq, prev, version = q(_HEAD_AND_VERSION, (only,)).fetchone()
                 versions = {only: version}
             else:
-                seq, prev = db.execute(_HEAD).fetchone()
+                seq, prev = q(_HEAD).fetchone()
                 versions = self._versions(streams)
             seq, prev = seq or 0, prev or GENESIS
             for stream, expected in (expected_versions or {}).items():
@@ -277,17 +282,14 @@ class EventStore:
                 rows.append((seq, stream, version, type_, sv, data, meta, now, key, h))
                 prev_bytes = h.encode()
                 out.append(recorded(seq, stream, version, e, now, dict(merged[0]), key))
-            if len(rows) == 1:
-                db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows[0])
-            else:
-                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            db.execute("COMMIT")
+            self._insert_rows(rows)
+            self._commit()
             return out
-        except sqlite3.IntegrityError as exc:
-            db.execute("ROLLBACK")
+        except self._integrity_errors as exc:
+            self._rollback()
             raise ConcurrencyError(f"append refused by the log: {exc}") from exc
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def _versions(self, streams: set[str]) -> dict[str, int]:
@@ -297,7 +299,7 @@ class EventStore:
         for i in range(0, len(names), 500):
             chunk = names[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            versions.update(self.db.execute(
+            versions.update(self.query(
                 f"SELECT stream, max(version) FROM events WHERE stream IN ({marks}) "
                 "GROUP BY stream",
                 chunk,
@@ -309,7 +311,7 @@ class EventStore:
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(
+            for row in self.query(
                 f"SELECT {_ROW_COLUMNS} FROM events WHERE idempotency_key IN ({marks})", chunk
             ):
                 found[row[8]] = _decode_row(row)
@@ -317,10 +319,10 @@ class EventStore:
 
     # -- reading ----------------------------------------------------------------------------
     def last_seq(self) -> int:
-        return self.db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        return self.query("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
 
     def stream_version(self, stream: str) -> int:
-        return self.db.execute(
+        return self.query(
             "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?", (stream,)
         ).fetchone()[0]
 
@@ -368,23 +370,23 @@ class EventStore:
             sql += " LIMIT ?"
             args.append(limit)
         # Straight from the cursor: re-yielding fetchmany() batches row by row cost more.
-        return self.db.execute(sql, args)
+        return self.query(sql, args)
 
     def tail(self, n: int) -> list[ev.Recorded]:
-        rows = self.db.execute(
+        rows = self.query(
             f"SELECT {_ROW_COLUMNS} FROM events ORDER BY seq DESC LIMIT ?", (n,)
         ).fetchall()
         return [_decode_row(r) for r in reversed(rows)]
 
     def streams(self) -> list[str]:
         """Every stream id, sorted."""
-        return [r[0] for r in self.db.execute("SELECT DISTINCT stream FROM events ORDER BY stream")]
+        return [r[0] for r in self.query("SELECT DISTINCT stream FROM events ORDER BY stream")]
 
     def last_seq_until(self, *, until_seq: int | None = None, until_time: str | None = None
                        ) -> int:
         """The last seq a replay up to ``until_seq`` / ``until_time`` includes."""
         where, args = _where(("seq <= ?", until_seq), ("recorded_at <= ?", until_time))
-        return self.db.execute(
+        return self.query(
             f"SELECT coalesce(max(seq), 0) FROM events WHERE {where}", args
         ).fetchone()[0]
 
@@ -397,7 +399,7 @@ class EventStore:
                              ("stream >= ?", lo), ("stream < ?", hi),
                              ("recorded_at <= ?", until_time))
         sql = f"SELECT {FOLD_COLUMNS} FROM events WHERE {where} ORDER BY stream, version"
-        return self.db.execute(sql, args)
+        return self.query(sql, args)
 
     # -- integrity --------------------------------------------------------------------------
     def verify_chain(self) -> tuple[int, list[str]]:
@@ -407,7 +409,7 @@ class EventStore:
         expected_seq = 0
         versions: dict[str, int] = {}
         count = 0
-        cursor = self.db.execute(f"SELECT {_ROW_COLUMNS}, hash FROM events ORDER BY seq")
+        cursor = self.query(f"SELECT {_ROW_COLUMNS}, hash FROM events ORDER BY seq")
         for row in cursor:
             seq, stream, version, type_, sv, data, meta, at, key, h = row
             count += 1
@@ -430,6 +432,71 @@ class EventStore:
             prev = h
         return count, problems
 
+
+class EventStore(LogBase):
+    """The SQLite log. Open with ``EventStore(path)``; ``create=True`` makes a new one."""
+
+    _integrity_errors = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: Path | str, *, create: bool = False, synchronous: str = "FULL"):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise EventflowError(
+                f"{self.path}: no event log here (run `eventflow init`, or restore from a backup)"
+            )
+        try:
+            self.db = sqlite3.connect(
+                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA busy_timeout = 60000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                # IF NOT EXISTS everywhere: two processes creating the log at once is harmless.
+                self.db.executescript(
+                    f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+                )
+            elif version > SCHEMA_VERSION:
+                raise LogTooNewError(
+                    f"{self.path}: written by a newer eventflow (log schema {version}, this one "
+                    f"knows {SCHEMA_VERSION}): upgrade eventflow"
+                )
+            self.db.execute("SELECT count(*) FROM events WHERE seq = 1").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise LogCorruptError(
+                f"{self.path}: not a readable event log ({exc}); restore it with "
+                "`eventflow restore BACKUP`"
+            ) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self.db.execute(sql, args)
+
+    def _begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")  # one writer at a time: seq and hash chain in order
+
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        if len(rows) == 1:
+            self.db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows[0])
+        else:
+            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def wait_for_append(self, timeout: float) -> None:
+        """Poll SQLite's ``data_version`` (it changes when another connection commits) until
+        it changes or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        before = self.db.execute("PRAGMA data_version").fetchone()[0]
+        while time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if self.db.execute("PRAGMA data_version").fetchone()[0] != before:
+                return
+
     def backup(self, dest: Path) -> None:
         """A consistent online copy of the log (SQLite backup API), safe while writers run."""
         dest = Path(dest)
@@ -442,3 +509,12 @@ class EventStore:
         finally:
             target.close()
         os.replace(tmp, dest)
+
+
+def open_store(location: Path | str, *, create: bool = False) -> LogBase:
+    """The log at ``location``: a ``postgresql://`` URL, or else a SQLite file's path."""
+    if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+        from eventflow.shell.store_pg import PostgresEventStore
+
+        return PostgresEventStore(location, create=create)
+    return EventStore(location, create=create)

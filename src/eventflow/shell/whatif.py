@@ -34,7 +34,7 @@ from eventflow.core.state import MaterialState, apply
 from eventflow.errors import EventflowError
 from eventflow.resources import data_text
 from eventflow.shell.project import Project
-from eventflow.shell.store import EventStore
+from eventflow.shell.store import LogBase, open_store
 
 _POLICY_ACTOR = '"actor":"policy"'  # meta is stored as canonical JSON (no spaces)
 Row = tuple[Any, ...]
@@ -87,7 +87,7 @@ def run_what_if(project: Project, args: argparse.Namespace) -> int:
     if not args.policy:
         raise EventflowError("--what-if needs --policy OTHER.yaml (the recovery policy to try)")
     config = load_other_policy(project, Path(args.policy))
-    with EventStore(project.log_path) as store:
+    with open_store(project.store) as store:
         report = compare_log(store, config, policy_name=str(args.policy))
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str))
@@ -111,7 +111,7 @@ def _brief(item: dict[str, Any]) -> str:
     return f"{item['type']} " + " ".join(f"{k}={v}" for k, v in data.items())
 
 
-def compare_log(store: EventStore, config: PolicyConfig, *, policy_name: str = "") -> WhatIfReport:
+def compare_log(store: LogBase, config: PolicyConfig, *, policy_name: str = "") -> WhatIfReport:
     """Compare ``config``'s decisions with the recorded ones over the whole log."""
     started = time.perf_counter()
     materials = events = decisions = 0
