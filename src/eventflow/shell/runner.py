@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import signal
-import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.errors import EventflowError, IllegalTransition
+from eventflow.shell import clock
 from eventflow.shell.api import Tracker
 from eventflow.shell.jobs import RECORD, JobWriter, job_name, read_completion
 from eventflow.shell.parsing import plugins
@@ -370,8 +369,7 @@ class Runner:
                        report: CycleReport) -> None:
         n = calc.submit_failures + 1
         delay = min(3600, 10 * 2 ** (n - 1))
-        retry_at = (datetime.now(timezone.utc) + timedelta(seconds=delay)).strftime(
-            "%Y-%m-%dT%H:%M:%S.%fZ")
+        retry_at = clock.iso(clock.now() + delay)
         self._append(state.id, [ev.SubmissionFailed(calc.id, message[:2000], retry_at)],
                      key=f"submit-failed:{calc.id}:{n}")
         report.submit_failures += 1
@@ -391,7 +389,7 @@ def cancel_jobs(tracker: Tracker, job_ids: list[str]) -> None:
 def _age(path: Path) -> float:
     """Seconds since ``path`` was last written (0 if it cannot be read)."""
     try:
-        return max(0.0, time.time() - path.stat().st_mtime)
+        return max(0.0, clock.now() - path.stat().st_mtime)
     except OSError:
         return 0.0
 
