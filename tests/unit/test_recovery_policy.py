@@ -615,3 +615,24 @@ def test_recovery_slots_count_running_recovery_attempts_only() -> None:
     assert recovery_slots(states, 3) == 2
     assert recovery_slots(states, 1) == 0
     assert recovery_slots(states, 0) == 0
+
+
+# --- found by the simulator (eventflow-sim) -------------------------------------------------
+
+
+def test_resubmit_decided_but_never_requested_is_requested_by_the_tick() -> None:
+    """eventflow-sim --seed 1: the runner died between appending RecoveryDecided (resubmit)
+    and the SubmissionRequested it implies; the material sat in ``ready`` for ever."""
+    m = Material(policy())
+    m.run()
+    cid = m.latest().id
+    rec = m.append(ev.CalculationFailed(cid, "scf_not_converged", [], "test/1"), "watcher")
+    decided = decide(m.state, rec, m.config)
+    assert [type(c) for c in decided] == [cmd.RecordRecovery, cmd.RequestStep]
+    m.record(decided[:1], rec.recorded_at)  # the decision only: the process died here
+    assert m.latest().id == cid
+    assert m.state.state == "ready"
+    out = m.tick(m.now())
+    assert requests(out) == [decided[1]]
+    assert m.latest().attempt == 2
+    assert m.tick(m.now()) == []  # requested once

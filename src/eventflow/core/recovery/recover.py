@@ -138,6 +138,8 @@ def due(state: Any, now: str, config: Any) -> list[cmd.Command]:
 
     * A resubmission decided with a delay (``RecoveryDecided`` action ``wait``) whose
       wait is over: the step is requested with the recorded changes and resources.
+    * A resubmission decided (``resubmit``) whose request was never recorded (a crash
+      between the two appends): the step is requested now.
     * A failure that no decision answered (it happened while the material was held):
       once the material is released, the policy decides it now.
     Nothing for held, cancelled, completed or needs-attention materials.
@@ -155,8 +157,11 @@ def due(state: Any, now: str, config: Any) -> list[cmd.Command]:
             event: ev.Event = ev.CalculationFailed(calc.id, calc.error_kind or "")
             out += config.recover(state, calc, ev.Recorded(state.last_seq, state.id,
                                                            state.version, event, now), config)
-        elif decision is not None and decision.action == "wait":
-            if state.wait_until is not None and not units.not_after(state.wait_until, now):
+        elif decision is not None and decision.action in ("wait", "resubmit"):
+            # "resubmit": the decision is recorded but its request is not (the process died
+            # between the two appends); the step is requested now, as it was decided.
+            if (decision.action == "wait" and state.wait_until is not None
+                    and not units.not_after(state.wait_until, now)):
                 continue
             restart_keys = config.recovery.code(state.code).restart_keys
             restart_from = calc.id if restart_keys & set(decision.changes) else None
