@@ -225,6 +225,10 @@ class SimCluster:
                     data = data[: int(len(data) * self.dice.uniform(0.2, 0.9))]
                 main = job.folder / job.main_output
                 _write(main, data, now)
+                if complete and relative.startswith("qe/"):
+                    # what pw.x leaves for the next step: its save folder
+                    _write(job.folder / "out" / "pwscf.save" / "data-file-schema.xml",
+                           b"<qes:espresso/>\n", now)
                 if complete:
                     for name, companion in companions.items():
                         _write(job.folder / name, self.corpus.read(companion), now)

@@ -13,6 +13,7 @@ jumps past every wait, and the quiescence invariants are checked.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import tempfile
 from collections import Counter
@@ -167,12 +168,15 @@ def run_seed(seed: int, *, corpus: Corpus | None = None, materials: int | None =
     corpus = corpus or Corpus()
     scratch = Path(tempfile.mkdtemp(prefix=f"eventflow-sim-{seed}-", dir=workdir))
     result = SimResult(seed)
+    quiet = logging.getLogger("eventflow")
+    was_disabled, quiet.disabled = quiet.disabled, True  # the runner's log is noise here
     try:
         root = scratch / "proj"
         world = World(seed, root, corpus, intensity=intensity, materials=materials)
         with clock.using(world.clock):
             _run(world, result, max_steps)
     finally:
+        quiet.disabled = was_disabled
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
     return result
