@@ -636,3 +636,32 @@ def test_resubmit_decided_but_never_requested_is_requested_by_the_tick() -> None
     assert requests(out) == [decided[1]]
     assert m.latest().attempt == 2
     assert m.tick(m.now()) == []  # requested once
+
+
+def test_escalation_decided_but_never_recorded_is_recorded_by_the_tick() -> None:
+    """eventflow-sim --seed 6: the runner died between RecoveryDecided (escalate) and
+    NeedsAttention; the material sat in ``ready`` with nobody told."""
+    m = Material(policy())
+    m.run()
+    cid = m.latest().id
+    rec = m.append(ev.CalculationFailed(cid, "truncated", [], "test/1"), "watcher")
+    decided = decide(m.state, rec, m.config)
+    assert [type(c) for c in decided] == [cmd.RecordRecovery, cmd.Escalate]
+    m.record(decided[:1], rec.recorded_at)
+    assert m.state.state == "ready"
+    assert m.tick(m.now()) == [decided[1]]
+    assert m.state.state == "needs_attention"
+    assert m.tick(m.now()) == []
+
+
+def test_success_whose_next_steps_were_never_requested_goes_on_at_the_tick() -> None:
+    """A crash between CalculationSucceeded and the next step's SubmissionRequested."""
+    m = Material(policy(), workflow="test")
+    cid = m.run("A")
+    rec = m.append(ev.CalculationSucceeded(cid, "test/1"), "watcher")
+    follow = decide(m.state, rec, m.config)
+    assert [c.step for c in requests(follow)] == ["B"]
+    assert m.state.state == "ready"
+    assert requests(m.tick(m.now())) == follow
+    assert m.latest("B").state == "requested"
+    assert m.tick(m.now()) == []

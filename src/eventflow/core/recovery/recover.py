@@ -140,6 +140,10 @@ def due(state: Any, now: str, config: Any) -> list[cmd.Command]:
       wait is over: the step is requested with the recorded changes and resources.
     * A resubmission decided (``resubmit``) whose request was never recorded (a crash
       between the two appends): the step is requested now.
+    * An escalation or a give-up decided whose consequence (NeedsAttention, the steps that
+      run after a failure) was never recorded, and a success whose next steps were not:
+      they are recorded now. (Each is a separate append after the decision; a process can
+      die in between. Their intents' keys make a repeat harmless.)
     * A failure that no decision answered (it happened while the material was held):
       once the material is released, the policy decides it now.
     Nothing for held, cancelled, completed or needs-attention materials.
@@ -168,4 +172,14 @@ def due(state: Any, now: str, config: Any) -> list[cmd.Command]:
             out.append(cmd.RequestStep(state.id, step, len(state.attempts(step)) + 1,
                                        dict(decision.changes), dict(decision.resources),
                                        decision.reason, restart_from))
+        elif decision is not None and decision.action == "escalate":
+            out.append(cmd.Escalate(state.id, decision.reason, calc.id))
+        elif decision is not None and decision.action == "give_up":
+            workflow = config.workflows.get(state.workflow)
+            follow = advance(state, workflow) if workflow else []
+            out += follow or [cmd.Escalate(state.id, decision.reason, calc.id)]
+    if not out and state.state == "ready":
+        # A step succeeded but what it leads to was never recorded: the workflow goes on.
+        workflow = config.workflows.get(state.workflow)
+        out += advance(state, workflow) if workflow else []
     return out
