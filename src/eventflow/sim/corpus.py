@@ -1,6 +1,8 @@
 """Which real program output a simulated job leaves behind, chosen by the seed.
 
-The files are the bundled corpus of real QE and CRYSTAL outputs (tests/data/corpus in a
+Successes hand on a structure whose elements the shipped pseudopotential tables cover (a
+ZnI output would make every later step of a Si material unpreparable). The files are the
+bundled corpus of real QE and CRYSTAL outputs (tests/data/corpus in a
 source checkout; ``--corpus DIR`` elsewhere), so the real parsers and the recovery trees see
 real successes and real errors. Each row is (weight, corpus file, companion files): a
 companion is another real output of the same run that the step's interpretation reads
@@ -27,7 +29,6 @@ OUTCOMES: dict[tuple[str, str], list[Outcome]] = {
     ("qe", "SP"): [
         (6, "qe/pw66_si_scf_converged.out", {}),
         (4, "qe/pw70_si_scf_216k_gap.out", {}),
-        (2, "qe/pw75_spin_scf_converged.out", {}),
         (1, "qe/pw66_scf_convergence_NOT_achieved.out", {}),
         (1, "qe/pw61_scf_truncated_after_writing.out", {}),
         (1, "qe/pw70_graphene_scf_POSITIVE_total_energy.out", {}),

@@ -27,10 +27,20 @@ class Checker:
         self.tracker = tracker
         self.cluster = cluster
         self.writer = JobWriter(tracker.project, tracker.policy)
-        self.verified_seq = 0
+        self._seen: tuple[int, int, int] | None = None
         self.limit = getattr(tracker.policy.recovery, "max_recoveries_per_material", None)
 
     # -- after every step --------------------------------------------------------------------
+    def step_if_changed(self) -> list[str]:
+        """:meth:`step`, unless neither the log nor the cluster changed since the last check
+        (then every invariant still holds as checked)."""
+        seen = (self.tracker.store.last_seq(), len(self.cluster.jobs),
+                sum(len(j.history) for j in self.cluster.jobs.values()))
+        if seen == self._seen:
+            return []
+        self._seen = seen
+        return self.step()
+
     def step(self) -> list[str]:
         states, _ = fold_log(self.tracker.store)
         out = self.one_job_per_attempt()
@@ -129,6 +139,11 @@ class Checker:
         endings = Counter(cid for (cid,) in self.tracker.store.db.execute(
             "SELECT json_extract(data, '$.calculation_id') FROM events "
             "WHERE type IN ('JobFinished', 'JobLost')"))
+        # A job that left the queue COMPLETED without a record is judged by its output alone
+        # (Runner._lost): its interpretation is its ending.
+        judged = {cid for (cid,) in self.tracker.store.db.execute(
+            "SELECT json_extract(data, '$.calculation_id') FROM events "
+            "WHERE type IN ('CalculationSucceeded', 'CalculationFailed')")}
         for job in self.cluster.jobs.values():
             if job.state in ACTIVE:
                 out.append(f"job {job.job_id} ({job.name}) still {job.state}")
@@ -142,7 +157,7 @@ class Checker:
                 continue
             if calc.job_id != job.job_id:
                 out.append(f"{calc.id}: its job {job.job_id} ran but was never recorded")
-            elif endings[calc.id] != 1:
+            elif endings[calc.id] + (endings[calc.id] == 0 and calc.id in judged) != 1:
                 out.append(f"{calc.id}: job {job.job_id} ended with {endings[calc.id]} "
                            "completion/loss events")
         return out
