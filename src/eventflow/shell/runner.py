@@ -277,11 +277,13 @@ class Runner:
             "SELECT DISTINCT material_id FROM calculations WHERE state = 'requested' "
             "ORDER BY material_id")]
         for state in (self.tracker.state(mid) for mid in requested):
-            if state.state in ("held", "cancelled"):
+            if state.state == "cancelled":
                 continue
             order = self.writer.step_order(state)
             for calc in state.calcs.values():
                 if calc.state == "requested" and calc.job_id is None:
+                    if state.state == "held" and not self._may_be_in_scheduler(calc):
+                        continue  # held: nothing new is submitted ...
                     retry_at = self._retry_at(state, calc)
                     if retry_at is not None and retry_at > now:
                         continue
@@ -298,8 +300,8 @@ class Runner:
                          existing, calc.id, extra={"material": state.id, "calculation": calc.id,
                                                    "job": existing})
                 continue
-            if budget <= 0:
-                continue
+            if budget <= 0 or state.state == "held":
+                continue  # ... but a job an earlier run submitted is recorded (a fact)
             if slots is not None and is_recovery_attempt(state, calc):
                 if slots <= 0:
                     continue  # max_concurrent_recoveries: this one waits for a free slot
