@@ -82,3 +82,34 @@ def test_a_held_material_gets_no_new_submission(tmp_path: Path) -> None:
         Runner(tracker, scheduler).cycle()
         assert tracker.state("m").calcs["m/SP/1"].state == "requested"
     assert scheduler.jobs == {}
+
+
+def test_a_job_that_can_never_be_prepared_fails_its_attempt_instead_of_retrying_for_ever(
+        tmp_path: Path) -> None:
+    """eventflow-sim --seed 2: a CRYSTAL BAND retry after a time limit carries GUESSP, which a
+    properties deck cannot take; preparing the job failed every hour for ever and the
+    material never reached a state a human would look at. Here the job folder's place is
+    taken by a file, which no retry can fix either."""
+    from eventflow.shell import clock
+    from eventflow.shell.runner import PREPARE_TRIES
+
+    project = make_project(tmp_path, "local")
+    add(project, "m", ["true"])
+    (project / "calcs" / "m" / "SP").mkdir(parents=True)
+    (project / "calcs" / "m" / "SP" / "1").write_text("not a folder")
+    scheduler = DiesAfterSbatch()
+    scheduler.die = False
+    now = [clock.now()]
+    with clock.using(lambda: now[0]), Tracker.open(project) as tracker:
+        runner = Runner(tracker, scheduler)
+        for _ in range(PREPARE_TRIES):
+            runner.cycle()
+            now[0] += 4000  # past the submission back-off
+        state = tracker.state("m")
+        calc = state.calcs["m/SP/1"]
+        assert (calc.state, calc.error_kind) == ("failed", "input_error")
+        assert calc.submit_failures == PREPARE_TRIES - 1
+        assert state.state == "needs_attention"
+        runner.cycle()
+        assert tracker.state("m").calcs["m/SP/1"].submit_failures == PREPARE_TRIES - 1
+    assert scheduler.jobs == {}

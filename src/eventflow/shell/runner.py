@@ -38,6 +38,7 @@ log = logging.getLogger("eventflow.runner")
 ACTIVE_SCHEDULER_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
                            "REQUEUED", "RESIZING", "STAGE_OUT", "SIGNALING"}
 CRASH_ENV = "EVENTFLOW_TEST_CRASH_AT"  # test hook: kill -9 ourselves at a named point
+PREPARE_TRIES = 5  # a job folder that cannot be written this many times fails the attempt
 VERDICT_WAIT_S = 15.0  # how long a failed job's record waits for the scheduler's verdict
 
 
@@ -349,6 +350,16 @@ class Runner:
         try:
             script, prepared = self.writer.write(state, calc)
         except (EventflowError, OSError) as exc:
+            tries = calc.submit_failures + 1
+            if tries >= PREPARE_TRIES:
+                # Not a passing fault: the attempt fails (input_error) and the recovery policy
+                # decides, instead of a retry every hour for ever.
+                text = f"cannot prepare the job ({tries} tries): {exc}"[:2000]
+                self._append(state.id, [ev.CalculationFailed(
+                    calc.id, "input_error", [{"line": 0, "text": text}], "eventflow")],
+                    key=f"unpreparable:{calc.id}")
+                report.submit_failures += 1
+                return
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
             return
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
