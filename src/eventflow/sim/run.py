@@ -267,10 +267,13 @@ def _unsettled(tracker: Tracker) -> bool:
 
 
 def _digest(tracker: Tracker) -> str:
-    """The log's content but its process metadata (pid, host): equal for equal histories."""
+    """The log's content but what differs between runs of one history: process metadata
+    (pid, host), the project's random id and its scratch folder. Equal for equal histories."""
     digest = hashlib.sha256()
+    project = tracker.project
     for row in tracker.store.db.execute(
             "SELECT seq, stream, version, type, data, recorded_at, idempotency_key FROM events "
             "ORDER BY seq"):
-        digest.update(repr(row).encode())
+        text = repr(row).replace(str(project.root), "PROJECT")
+        digest.update(text.replace(project.project_id, "ID").encode())
     return digest.hexdigest()
