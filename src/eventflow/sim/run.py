@@ -12,6 +12,7 @@ jumps past every wait, and the quiescence invariants are checked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -147,10 +148,8 @@ class World:
                     self.user.release(mid, "released by the simulation's user")
                 elif action == "cancel" and state.state not in ("cancelled", "completed"):
                     for job_id in self.user.cancel(mid, "cancelled by the simulation's user"):
-                        try:
-                            self.cluster.cancel(job_id)
-                        except SchedulerError:
-                            pass  # the job runs on; the watcher reconciles it
+                        with contextlib.suppress(SchedulerError):  # the job runs on;
+                            self.cluster.cancel(job_id)  # the watcher reconciles it
             except EventflowError:
                 pass  # refused by the lifecycle: the runner moved the material first
         finally:
