@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from eventflow.sim.corpus import Corpus
-from eventflow.sim.run import SimResult, run_seed
+from eventflow.sim.run import SimResult, run_seed, shrink
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intensity", type=float, default=1.0, help="scale every fault rate")
     parser.add_argument("--corpus", help="the corpus folder (default: tests/data/corpus)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch project")
+    parser.add_argument("--no-shrink", action="store_true",
+                        help="do not look for the fewest fault kinds a failure needs")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per seed")
     args = parser.parse_args(argv)
     from pathlib import Path
@@ -50,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
             for violation in result.violations:
                 print(f"  violation: {violation}")
             print(f"  replay: {result.replay_command()}")
+            if not args.no_shrink:
+                needed, shrunk = shrink(seed, corpus=corpus, materials=args.materials,
+                                        intensity=args.intensity)
+                print("  shrunk: fails with only these faults: "
+                      + ", ".join(f"{k} x{shrunk.faults[k]}" for k in needed)
+                      + f" ({shrunk.violations[0] if shrunk.violations else ''})")
     elapsed = time.perf_counter() - start
     print(f"{len(seeds)} seeds, {lifecycles} lifecycles in {elapsed:.1f} s "
           f"({lifecycles / elapsed:.1f}/s), {len(failed)} failing")

@@ -42,18 +42,24 @@ RATES: dict[str, float] = {
 class Dice:
     """The seeded random source and the fault counter."""
 
-    def __init__(self, seed: int, intensity: float = 1.0, *, faults: bool = True) -> None:
+    def __init__(self, seed: int, intensity: float = 1.0, *, faults: bool = True,
+                 disabled: frozenset[str] = frozenset()) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.intensity = intensity
         self.enabled = faults
+        self.disabled = disabled  # kinds switched off (shrinking): their draws still happen
         self.injected: Counter[str] = Counter()
 
     def fault(self, kind: str) -> bool:
-        """Whether fault ``kind`` happens at this opportunity (counted when it does)."""
+        """Whether fault ``kind`` happens at this opportunity (counted when it does).
+
+        The draw is made even for a disabled kind, so switching one kind off leaves every
+        other choice of the history where it was: that is what makes shrinking work."""
         if not self.enabled:
             return False
-        if self.rng.random() < RATES[kind] * self.intensity:
+        hit = self.rng.random() < RATES[kind] * self.intensity
+        if hit and kind not in self.disabled:
             self.injected[kind] += 1
             return True
         return False

@@ -105,8 +105,8 @@ class _Process:
 
 class World:
     def __init__(self, seed: int, root: Path, corpus: Corpus, *, intensity: float,
-                 materials: int | None) -> None:
-        self.dice = Dice(seed, intensity)
+                 materials: int | None, disabled: frozenset[str] = frozenset()) -> None:
+        self.dice = Dice(seed, intensity, disabled=disabled)
         self.clock = SimClock()
         self.root = root
         self.corpus = corpus
@@ -156,14 +156,40 @@ class World:
             self._busy = False
 
 
+def shrink(seed: int, *, corpus: Corpus | None = None, materials: int | None = None,
+           intensity: float = 1.0) -> tuple[list[str], SimResult]:
+    """The fault kinds a failing history needs: each injected kind is switched off in turn
+    and stays off when the history still fails. Returns those kinds and the last failure."""
+    corpus = corpus or Corpus()
+    failing = run_seed(seed, corpus=corpus, materials=materials, intensity=intensity)
+    if failing.ok:
+        return [], failing
+    off: set[str] = set()
+    tried: set[str] = set()
+    # Switching a kind off moves the rest of the history (other faults may appear): go on
+    # until no kind the failing history still has can be switched off.
+    while True:
+        candidates = sorted(k for k in failing.faults if k not in tried)
+        if not candidates:
+            return sorted(failing.faults), failing
+        for kind in candidates:
+            tried.add(kind)
+            trial = run_seed(seed, corpus=corpus, materials=materials, intensity=intensity,
+                             disabled=frozenset(off | {kind}))
+            if not trial.ok:
+                off.add(kind)
+                failing = trial
+
+
 def _structures(corpus: Corpus) -> Path:
     return corpus.root.parent / "structures"
 
 
 def run_seed(seed: int, *, corpus: Corpus | None = None, materials: int | None = None,
              max_steps: int = 800, intensity: float = 1.0, workdir: Path | None = None,
-             keep: bool = False) -> SimResult:
-    """Run the history of ``seed``; return what happened and every invariant violated."""
+             keep: bool = False, disabled: frozenset[str] = frozenset()) -> SimResult:
+    """Run the history of ``seed``; return what happened and every invariant violated.
+    ``disabled``: fault kinds that do not happen (their random draws still do)."""
     corpus = corpus or Corpus()
     scratch = Path(tempfile.mkdtemp(prefix=f"eventflow-sim-{seed}-", dir=workdir))
     result = SimResult(seed)
@@ -172,7 +198,8 @@ def run_seed(seed: int, *, corpus: Corpus | None = None, materials: int | None =
     quiet.setLevel(logging.CRITICAL + 1)  # the runner's log is noise here
     try:
         root = scratch / "proj"
-        world = World(seed, root, corpus, intensity=intensity, materials=materials)
+        world = World(seed, root, corpus, intensity=intensity, materials=materials,
+                      disabled=disabled)
         with clock.using(world.clock):
             _run(world, result, max_steps)
     finally:
