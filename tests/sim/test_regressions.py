@@ -113,3 +113,24 @@ def test_a_job_that_can_never_be_prepared_fails_its_attempt_instead_of_retrying_
         runner.cycle()
         assert tracker.state("m").calcs["m/SP/1"].submit_failures == PREPARE_TRIES - 1
     assert scheduler.jobs == {}
+
+
+def test_a_job_never_seen_running_that_left_no_record_can_be_judged_by_its_output() -> None:
+    """eventflow-sim --seed 1208: squeue lagged and failed while the job ran, so nobody saw it
+    RUNNING; it ended COMPLETED without a record. The runner judged it by its output, but
+    the lifecycle refused PropertiesExtracted from ``submitted``: the whole verdict was
+    skipped and the attempt stayed ``submitted`` for ever."""
+    from eventflow.core import events as ev
+    from eventflow.core.state import MaterialState, apply, would_accept
+
+    state = MaterialState("m")
+    history = [ev.MaterialRegistered("m", "Si2", "single", "qe"),
+               ev.SubmissionRequested("m/SP/1", "SP", 1, directory="calcs/m/SP/1"),
+               ev.JobSubmitted("m/SP/1", "7", "slurm")]
+    verdict = [ev.PropertiesExtracted("m/SP/1", {"total_energy_ev": {"value": -1.0,
+                                                                     "unit": "eV"}}, "qe/1"),
+               ev.CalculationSucceeded("m/SP/1", "qe/1")]
+    for n, event in enumerate(history + verdict, start=1):
+        would_accept(state, event)
+        apply(state, ev.Recorded(n, "m", n, event, "2030-01-01T00:00:00.000000Z", {}))
+    assert state.calcs["m/SP/1"].state == "completed"
