@@ -649,7 +649,27 @@ def test_escalation_decided_but_never_recorded_is_recorded_by_the_tick() -> None
     assert [type(c) for c in decided] == [cmd.RecordRecovery, cmd.Escalate]
     m.record(decided[:1], rec.recorded_at)
     assert m.state.state == "ready"
-    assert m.tick(m.now()) == [decided[1]]
+    (again,) = m.tick(m.now())
+    assert isinstance(again, cmd.Escalate)
+    assert (again.reason, again.calculation_id) == (decided[1].reason, cid)
+    assert m.state.state == "needs_attention"
+    assert m.tick(m.now()) == []
+
+
+def test_a_hold_and_release_does_not_forget_an_escalation() -> None:
+    """eventflow-sim --seed 2407: a user held a material that needed attention and released
+    it; it went to ``ready`` with nothing to do, and the escalation made again was swallowed
+    by the first NeedsAttention's idempotency key."""
+    m = Material(policy())
+    escalated = m.fail("truncated")
+    first = [c for c in escalated if isinstance(c, cmd.Escalate)][0]
+    assert m.state.state == "needs_attention"
+    m.feed(ev.MaterialHeld("a look"), actor="user")
+    m.feed(ev.MaterialReleased("done looking"), actor="user")
+    assert m.state.state == "ready"
+    (again,) = m.tick(m.now())
+    assert isinstance(again, cmd.Escalate) and again.reason == first.reason
+    assert intent(again)[1] != intent(first)[1]  # a key of its own: it is recorded
     assert m.state.state == "needs_attention"
     assert m.tick(m.now()) == []
 

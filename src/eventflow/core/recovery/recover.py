@@ -173,7 +173,9 @@ def due(state: Any, now: str, config: Any) -> list[cmd.Command]:
                                        dict(decision.changes), dict(decision.resources),
                                        decision.reason, restart_from))
         elif decision is not None and decision.action == "escalate":
-            out.append(cmd.Escalate(state.id, decision.reason, calc.id))
+            # Never recorded (a crash), or recorded and then forgotten by a hold and release:
+            # made again under a key of its own (the material's version now).
+            out.append(cmd.Escalate(state.id, decision.reason, calc.id, str(state.version)))
         elif decision is not None and decision.action == "give_up":
             workflow = config.workflows.get(state.workflow)
             follow = advance(state, workflow) if workflow else []
