@@ -6,14 +6,18 @@
 #                                   results are described in docs/benchmarks.md)
 #   make bench-quick                a smoke run of every benchmark (small sizes; every
 #                                   bench/bench_*.py accepts --quick)
+#   make sim [SIM_SEEDS=N SIM_FIRST=S]  deterministic simulation over N seeds from S
+#                                   (eventflow.sim; a failing seed prints its replay command)
 
 PYTHON ?= python
 BENCH_ARGS ?=
+SIM_SEEDS ?= 1000
+SIM_FIRST ?= 1
 BENCHES := $(sort $(wildcard bench/bench_*.py))
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: test lint bench bench-quick
+.PHONY: test lint bench bench-quick sim
 
 test:
 	$(PYTHON) -m pytest
@@ -30,3 +34,6 @@ bench:
 
 bench-quick:
 	$(MAKE) bench BENCH_ARGS=--quick
+
+sim:
+	$(PYTHON) -m eventflow.sim --first $(SIM_FIRST) --count $(SIM_SEEDS)

@@ -699,3 +699,72 @@ def test_the_raised_cutoff_reaches_the_pw_input() -> None:
     plain = read_namelists(_rendered("qe", "OPT")["pw.in"])["system"]
     assert system["ecutwfc"] == 45
     assert system["ecutrho"] == pytest.approx(plain["ecutrho"] * 1.5)
+
+# --- found by the simulator (eventflow-sim) -------------------------------------------------
+
+
+def test_resubmit_decided_but_never_requested_is_requested_by_the_tick() -> None:
+    """eventflow-sim --seed 1: the runner died between appending RecoveryDecided (resubmit)
+    and the SubmissionRequested it implies; the material sat in ``ready`` for ever."""
+    m = Material(policy())
+    m.run()
+    cid = m.latest().id
+    rec = m.append(ev.CalculationFailed(cid, "scf_not_converged", [], "test/1"), "watcher")
+    decided = decide(m.state, rec, m.config)
+    assert [type(c) for c in decided] == [cmd.RecordRecovery, cmd.RequestStep]
+    m.record(decided[:1], rec.recorded_at)  # the decision only: the process died here
+    assert m.latest().id == cid
+    assert m.state.state == "ready"
+    out = m.tick(m.now())
+    assert requests(out) == [decided[1]]
+    assert m.latest().attempt == 2
+    assert m.tick(m.now()) == []  # requested once
+
+
+def test_escalation_decided_but_never_recorded_is_recorded_by_the_tick() -> None:
+    """eventflow-sim --seed 6: the runner died between RecoveryDecided (escalate) and
+    NeedsAttention; the material sat in ``ready`` with nobody told."""
+    m = Material(policy())
+    m.run()
+    cid = m.latest().id
+    rec = m.append(ev.CalculationFailed(cid, "truncated", [], "test/1"), "watcher")
+    decided = decide(m.state, rec, m.config)
+    assert [type(c) for c in decided] == [cmd.RecordRecovery, cmd.Escalate]
+    m.record(decided[:1], rec.recorded_at)
+    assert m.state.state == "ready"
+    (again,) = m.tick(m.now())
+    assert isinstance(again, cmd.Escalate)
+    assert (again.reason, again.calculation_id) == (decided[1].reason, cid)
+    assert m.state.state == "needs_attention"
+    assert m.tick(m.now()) == []
+
+
+def test_a_hold_and_release_does_not_forget_an_escalation() -> None:
+    """eventflow-sim --seed 2407: a user held a material that needed attention and released
+    it; it went to ``ready`` with nothing to do, and the escalation made again was swallowed
+    by the first NeedsAttention's idempotency key."""
+    m = Material(policy())
+    escalated = m.fail("truncated")
+    first = [c for c in escalated if isinstance(c, cmd.Escalate)][0]
+    assert m.state.state == "needs_attention"
+    m.feed(ev.MaterialHeld("a look"), actor="user")
+    m.feed(ev.MaterialReleased("done looking"), actor="user")
+    assert m.state.state == "ready"
+    (again,) = m.tick(m.now())
+    assert isinstance(again, cmd.Escalate) and again.reason == first.reason
+    assert intent(again)[1] != intent(first)[1]  # a key of its own: it is recorded
+    assert m.state.state == "needs_attention"
+    assert m.tick(m.now()) == []
+
+
+def test_success_whose_next_steps_were_never_requested_goes_on_at_the_tick() -> None:
+    """A crash between CalculationSucceeded and the next step's SubmissionRequested."""
+    m = Material(policy(), workflow="test")
+    cid = m.run("A")
+    rec = m.append(ev.CalculationSucceeded(cid, "test/1"), "watcher")
+    follow = decide(m.state, rec, m.config)
+    assert [c.step for c in requests(follow)] == ["B"]
+    assert m.state.state == "ready"
+    assert requests(m.tick(m.now())) == follow
+    assert m.latest("B").state == "requested"
+    assert m.tick(m.now()) == []

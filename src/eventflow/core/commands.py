@@ -42,6 +42,9 @@ class Escalate(Command):
     material_id: str
     reason: str
     calculation_id: str | None = None
+    # Set when the same escalation is made again (after a hold and release forgot it): part
+    # of the intent's key, which would otherwise find the first NeedsAttention and add nothing.
+    again: str = ""
 
 
 @attrs.frozen

@@ -30,6 +30,8 @@ def intent(command: cmd.Command) -> tuple[ev.Event, str] | None:
         )
     if isinstance(command, cmd.Escalate):
         suffix = command.calculation_id or "material"
+        if command.again:
+            suffix += f":again:{command.again}"
         return ev.NeedsAttention(command.reason, command.calculation_id), (
             f"attention:{command.material_id}:{suffix}"
         )

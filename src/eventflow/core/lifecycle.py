@@ -93,9 +93,13 @@ CALCULATION_TRANSITIONS: tuple[dict[str, Any], ...] = (
     },
     {"trigger": "JobLost", "source": ["submitted", "running"], "dest": "lost"},
     {"trigger": "CalculationCancelled", "source": list(CALCULATION_ACTIVE), "dest": "cancelled"},
-    # Interpretations that do not move the attempt.
-    {"trigger": "PropertiesExtracted", "source": ["running", "completed"], "dest": "="},
-    {"trigger": "ResultRejected", "source": ["running", "completed"], "dest": "running"},
+    # Interpretations that do not move the attempt. A job that ended before anyone saw it run
+    # and left no record is judged from ``submitted`` (by its output, once the scheduler says
+    # COMPLETED).
+    {"trigger": "PropertiesExtracted", "source": ["submitted", "running", "completed"],
+     "dest": "="},
+    {"trigger": "ResultRejected", "source": ["submitted", "running", "completed"],
+     "dest": "running"},
     {"trigger": "ScratchCleanupDecided", "source": "completed", "dest": "completed"},
     {"trigger": "OutputReinterpreted", "source": list(CALCULATION_STATES), "dest": "="},
     # On a completed attempt: the policy redoes a success it distrusts (core.recovery.review).

@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import signal
-import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.errors import EventflowError, IllegalTransition
+from eventflow.shell import clock
 from eventflow.shell.api import Tracker
 from eventflow.shell.clusters import Clusters
 from eventflow.shell.jobs import RECORD, JobWriter, job_name, read_completion
@@ -41,6 +40,7 @@ log = logging.getLogger("eventflow.runner")
 ACTIVE_SCHEDULER_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
                            "REQUEUED", "RESIZING", "STAGE_OUT", "SIGNALING"}
 CRASH_ENV = "EVENTFLOW_TEST_CRASH_AT"  # test hook: kill -9 ourselves at a named point
+PREPARE_TRIES = 5  # a job folder that cannot be written this many times fails the attempt
 VERDICT_WAIT_S = 15.0  # how long a failed job's record waits for the scheduler's verdict
 
 
@@ -339,11 +339,13 @@ class Runner:
             "SELECT DISTINCT material_id FROM calculations WHERE state = 'requested' "
             "ORDER BY material_id")]
         for state in (self.tracker.state(mid) for mid in requested):
-            if state.state in ("held", "cancelled"):
+            if state.state == "cancelled":
                 continue
             order = self.writer.step_order(state)
             for calc in state.calcs.values():
                 if calc.state == "requested" and calc.job_id is None:
+                    if state.state == "held" and not self._may_be_in_scheduler(calc):
+                        continue  # held: nothing new is submitted ...
                     retry_at = self._retry_at(state, calc)
                     if retry_at is not None and retry_at > now:
                         continue
@@ -375,8 +377,8 @@ class Runner:
                          existing, calc.id, extra={"material": state.id, "calculation": calc.id,
                                                    "job": existing})
                 continue
-            if budget <= 0:
-                continue
+            if budget <= 0 or state.state == "held":
+                continue  # ... but a job an earlier run submitted is recorded (a fact)
             if slots is not None and is_recovery_attempt(state, calc):
                 if slots <= 0:
                     continue  # max_concurrent_recoveries: this one waits for a free slot
@@ -446,6 +448,16 @@ class Runner:
                 job_dir = scheduler.remote_dir(self.project.inside(calc.directory))  # type: ignore[attr-defined]
             script, prepared = self.writer.write(state, calc, job_dir=job_dir)
         except (EventflowError, OSError) as exc:
+            tries = calc.submit_failures + 1
+            if tries >= PREPARE_TRIES:
+                # Not a passing fault: the attempt fails (input_error) and the recovery policy
+                # decides, instead of a retry every hour for ever.
+                text = f"cannot prepare the job ({tries} tries): {exc}"[:2000]
+                self._append(state.id, [ev.CalculationFailed(
+                    calc.id, "input_error", [{"line": 0, "text": text}], "eventflow")],
+                    key=f"unpreparable:{calc.id}")
+                report.submit_failures += 1
+                return
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
             return True
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
@@ -469,8 +481,7 @@ class Runner:
                        report: CycleReport) -> None:
         n = calc.submit_failures + 1
         delay = min(3600, 10 * 2 ** (n - 1))
-        retry_at = (datetime.now(timezone.utc) + timedelta(seconds=delay)).strftime(
-            "%Y-%m-%dT%H:%M:%S.%fZ")
+        retry_at = clock.iso(clock.now() + delay)
         self._append(state.id, [ev.SubmissionFailed(calc.id, message[:2000], retry_at)],
                      key=f"submit-failed:{calc.id}:{n}")
         report.submit_failures += 1
@@ -498,7 +509,7 @@ def cancel_jobs(tracker: Tracker, job_ids: list[str], material_id: str | None = 
 def _age(path: Path) -> float:
     """Seconds since ``path`` was last written (0 if it cannot be read)."""
     try:
-        return max(0.0, time.time() - path.stat().st_mtime)
+        return max(0.0, clock.now() - path.stat().st_mtime)
     except OSError:
         return 0.0
 

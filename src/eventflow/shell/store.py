@@ -18,7 +18,6 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from eventflow.errors import (
     LogCorruptError,
     LogTooNewError,
 )
+from eventflow.shell import clock
 
 SCHEMA_VERSION = 1
 GENESIS = "0" * 64
@@ -85,7 +85,7 @@ def canonical(obj: Any) -> bytes:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return clock.utc_now()
 
 
 def row_hash(prev: str, seq: int, stream: str, version: int, type_: str, schema_version: int,

@@ -169,6 +169,12 @@ def due(state: Any, now: str, config: Any) -> list[cmd.Command]:
 
     * A resubmission decided with a delay (``RecoveryDecided`` action ``wait``) whose
       wait is over: the step is requested with the recorded changes and resources.
+    * A resubmission decided (``resubmit``) whose request was never recorded (a crash
+      between the two appends): the step is requested now.
+    * An escalation or a give-up decided whose consequence (NeedsAttention, the steps that
+      run after a failure) was never recorded, and a success whose next steps were not:
+      they are recorded now. (Each is a separate append after the decision; a process can
+      die in between. Their intents' keys make a repeat harmless.)
     * A failure that no decision answered (it happened while the material was held):
       once the material is released, the policy decides it now.
     Nothing for held, cancelled, completed or needs-attention materials.
@@ -186,12 +192,27 @@ def due(state: Any, now: str, config: Any) -> list[cmd.Command]:
             event: ev.Event = ev.CalculationFailed(calc.id, calc.error_kind or "")
             out += config.recover(state, calc, ev.Recorded(state.last_seq, state.id,
                                                            state.version, event, now), config)
-        elif decision is not None and decision.action == "wait":
-            if state.wait_until is not None and not units.not_after(state.wait_until, now):
+        elif decision is not None and decision.action in ("wait", "resubmit"):
+            # "resubmit": the decision is recorded but its request is not (the process died
+            # between the two appends); the step is requested now, as it was decided.
+            if (decision.action == "wait" and state.wait_until is not None
+                    and not units.not_after(state.wait_until, now)):
                 continue
             restart_keys = config.recovery.code(state.code).restart_keys
             restart_from = calc.id if restart_keys & set(decision.changes) else None
             out.append(cmd.RequestStep(state.id, step, len(state.attempts(step)) + 1,
                                        dict(decision.changes), dict(decision.resources),
                                        decision.reason, restart_from))
+        elif decision is not None and decision.action == "escalate":
+            # Never recorded (a crash), or recorded and then forgotten by a hold and release:
+            # made again under a key of its own (the material's version now).
+            out.append(cmd.Escalate(state.id, decision.reason, calc.id, str(state.version)))
+        elif decision is not None and decision.action == "give_up":
+            workflow = config.workflows.get(state.workflow)
+            follow = advance(state, workflow) if workflow else []
+            out += follow or [cmd.Escalate(state.id, decision.reason, calc.id)]
+    if not out and state.state == "ready":
+        # A step succeeded but what it leads to was never recorded: the workflow goes on.
+        workflow = config.workflows.get(state.workflow)
+        out += advance(state, workflow) if workflow else []
     return out

@@ -1,0 +1,136 @@
+"""Bugs eventflow-sim found, each pinned by a test of its own (outside the simulator).
+
+The scheduler here is a small in-memory one: the point is a crash at one exact place,
+which the real SLURM cluster cannot be made to do on cue (the simulator's SimCluster is
+the same idea, driven by a seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eventflow.shell.api import Tracker
+from eventflow.shell.runner import Runner
+from eventflow.shell.scheduler import JobInfo
+from tests.integration.helpers import add, make_project
+
+
+class Died(BaseException):
+    """The runner process is killed here."""
+
+
+class DiesAfterSbatch:
+    """sbatch creates the job, then the process dies before the id is recorded."""
+
+    name = "slurm"
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, str] = {}  # job id -> name
+        self.die = True
+
+    def ping(self) -> bool:
+        return True
+
+    def submit(self, script: Path, job_name: str, workdir: Path) -> str:
+        job_id = str(100 + len(self.jobs))
+        self.jobs[job_id] = job_name
+        if self.die:
+            raise Died()
+        return job_id
+
+    def find(self, job_name: str) -> list[JobInfo]:
+        return [JobInfo(job_id=j, name=n, state="PENDING") for j, n in self.jobs.items()
+                if n == job_name]
+
+    def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        return {j: JobInfo(job_id=j, name=self.jobs.get(j), state="PENDING") for j in job_ids}
+
+    def cancel(self, job_id: str) -> None:
+        return None
+
+
+def test_a_job_submitted_just_before_a_crash_is_recorded_while_the_material_is_held(
+        tmp_path: Path) -> None:
+    """eventflow-sim --seed 23: the runner died after sbatch; the user held the material;
+    the restarted runner skipped held materials altogether, so the job ran and ended with
+    the log knowing nothing of it (nor of its result) for as long as the hold lasted."""
+    project = make_project(tmp_path, "local")
+    add(project, "m", ["true"])
+    scheduler = DiesAfterSbatch()
+    with Tracker.open(project) as tracker, pytest.raises(Died):
+        Runner(tracker, scheduler).cycle()
+    with Tracker.open(project) as tracker:
+        tracker.hold("m", "held by a user")
+        scheduler.die = False
+        Runner(tracker, scheduler).cycle()
+        state = tracker.state("m")
+        assert state.state == "held"
+        assert state.calcs["m/SP/1"].job_id == "100"
+        assert state.calcs["m/SP/1"].state == "submitted"
+    assert list(scheduler.jobs) == ["100"]  # and nothing submitted a second time
+
+
+def test_a_held_material_gets_no_new_submission(tmp_path: Path) -> None:
+    project = make_project(tmp_path, "local")
+    add(project, "m", ["true"])
+    scheduler = DiesAfterSbatch()
+    scheduler.die = False
+    with Tracker.open(project) as tracker:
+        tracker.hold("m", "held by a user")
+        Runner(tracker, scheduler).cycle()
+        assert tracker.state("m").calcs["m/SP/1"].state == "requested"
+    assert scheduler.jobs == {}
+
+
+def test_a_job_that_can_never_be_prepared_fails_its_attempt_instead_of_retrying_for_ever(
+        tmp_path: Path) -> None:
+    """eventflow-sim --seed 2: a CRYSTAL BAND retry after a time limit carries GUESSP, which a
+    properties deck cannot take; preparing the job failed every hour for ever and the
+    material never reached a state a human would look at. Here the job folder's place is
+    taken by a file, which no retry can fix either."""
+    from eventflow.shell import clock
+    from eventflow.shell.runner import PREPARE_TRIES
+
+    project = make_project(tmp_path, "local")
+    add(project, "m", ["true"])
+    (project / "calcs" / "m" / "SP").mkdir(parents=True)
+    (project / "calcs" / "m" / "SP" / "1").write_text("not a folder")
+    scheduler = DiesAfterSbatch()
+    scheduler.die = False
+    now = [clock.now()]
+    with clock.using(lambda: now[0]), Tracker.open(project) as tracker:
+        runner = Runner(tracker, scheduler)
+        for _ in range(PREPARE_TRIES):
+            runner.cycle()
+            now[0] += 4000  # past the submission back-off
+        state = tracker.state("m")
+        calc = state.calcs["m/SP/1"]
+        assert (calc.state, calc.error_kind) == ("failed", "input_error")
+        assert calc.submit_failures == PREPARE_TRIES - 1
+        assert state.state == "needs_attention"
+        runner.cycle()
+        assert tracker.state("m").calcs["m/SP/1"].submit_failures == PREPARE_TRIES - 1
+    assert scheduler.jobs == {}
+
+
+def test_a_job_never_seen_running_that_left_no_record_can_be_judged_by_its_output() -> None:
+    """eventflow-sim --seed 1208: squeue lagged and failed while the job ran, so nobody saw it
+    RUNNING; it ended COMPLETED without a record. The runner judged it by its output, but
+    the lifecycle refused PropertiesExtracted from ``submitted``: the whole verdict was
+    skipped and the attempt stayed ``submitted`` for ever."""
+    from eventflow.core import events as ev
+    from eventflow.core.state import MaterialState, apply, would_accept
+
+    state = MaterialState("m")
+    history = [ev.MaterialRegistered("m", "Si2", "single", "qe"),
+               ev.SubmissionRequested("m/SP/1", "SP", 1, directory="calcs/m/SP/1"),
+               ev.JobSubmitted("m/SP/1", "7", "slurm")]
+    verdict = [ev.PropertiesExtracted("m/SP/1", {"total_energy_ev": {"value": -1.0,
+                                                                     "unit": "eV"}}, "qe/1"),
+               ev.CalculationSucceeded("m/SP/1", "qe/1")]
+    for n, event in enumerate(history + verdict, start=1):
+        would_accept(state, event)
+        apply(state, ev.Recorded(n, "m", n, event, "2030-01-01T00:00:00.000000Z", {}))
+    assert state.calcs["m/SP/1"].state == "completed"

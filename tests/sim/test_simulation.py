@@ -1,0 +1,84 @@
+"""The deterministic simulation (eventflow.sim) in CI: fixed seeds plus a few random ones.
+
+Every history runs the real runner, log, projections, workflow engine, recovery policy and
+parsers against a simulated SLURM cluster with injected faults (SimCluster: SLURM cannot be
+made to fail on cue, which is why it is simulated here; the real cluster is tested in
+tests/integration). A failing seed prints the command that replays it.
+
+Size: the real code costs about 70 ms of CPU per simulated job lifecycle (writing the job
+folder, parsing a real output, a few dozen appends and folds), so the ~1,000 lifecycles
+below take about a minute; 10,000 would take over ten (see docs/benchmarks.md, `make sim`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from eventflow.sim import run_seed
+from eventflow.sim.cluster import SimJob
+from eventflow.sim.corpus import Corpus
+from eventflow.sim.faults import RATES
+from eventflow.sim.invariants import Checker
+
+FIXED_SEEDS = range(1, 81)
+RANDOM_SEEDS = [random.SystemRandom().randrange(2**32) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return Corpus()
+
+
+def _run(seed: int, corpus: Corpus) -> tuple[int, Counter]:
+    result = run_seed(seed, corpus=corpus)
+    assert result.ok, (f"seed {seed} broke invariants:\n  " + "\n  ".join(result.violations)
+                       + f"\nreplay: {result.replay_command()}")
+    return result.lifecycles, result.faults
+
+
+def test_fixed_seeds_keep_every_invariant_and_inject_every_fault(corpus: Corpus) -> None:
+    lifecycles = 0
+    faults: Counter[str] = Counter()
+    for seed in FIXED_SEEDS:
+        n, injected = _run(seed, corpus)
+        lifecycles += n
+        faults.update(injected)
+    print(f"{len(FIXED_SEEDS)} seeds, {lifecycles} lifecycles; faults: {dict(faults)}")
+    assert lifecycles >= 800
+    missing = [kind for kind in RATES if kind not in ("user_action", "scancel_fails")
+               and faults[kind] == 0]
+    assert missing == []  # every kind of fault happened at least once in the fixed set
+
+
+@pytest.mark.parametrize("seed", RANDOM_SEEDS)
+def test_random_seed_keeps_every_invariant(seed: int, corpus: Corpus) -> None:
+    print(f"random seed {seed}: replay with eventflow-sim --seed {seed}")
+    _run(seed, corpus)
+
+
+def test_one_seed_is_one_history(corpus: Corpus) -> None:
+    first, again, other = (run_seed(s, corpus=corpus) for s in (29, 29, 30))
+    assert first.digest == again.digest
+    assert first.faults == again.faults and first.lifecycles == again.lifecycles
+    assert first.digest != other.digest
+
+
+def test_a_second_job_for_one_attempt_is_a_violation(corpus: Corpus, tmp_path) -> None:
+    """The checker is not blind: a duplicate sbatch planted in the cluster is reported."""
+    from eventflow.shell.api import Tracker
+    from eventflow.sim.cluster import SimClock, SimCluster
+    from eventflow.sim.faults import Dice
+
+    Tracker.init(tmp_path / "p").close()
+    cluster = SimCluster(Dice(1), SimClock(), corpus, accounting=True,
+                         effect=lambda where: None, code_of=lambda f: ("qe", "SP"))
+    with Tracker.open(tmp_path / "p") as tracker:
+        checker = Checker(tracker, cluster)
+        assert checker.step() == []
+        for job_id in ("1", "2"):
+            cluster.jobs[job_id] = SimJob(job_id, "ef.x.m.SP.1", tmp_path, 0, 0, 0, "program",
+                                          (1, "", {}), "pw.out", history=[(0, "PENDING")])
+        assert any("has 2 scheduler jobs" in v for v in checker.step())
