@@ -91,9 +91,9 @@ class _Process:
         self.runner = Runner(self.tracker, world.cluster)
         write = self.runner.writer.write
 
-        def write_with_effects(state: Any, calc: Any) -> Any:
+        def write_with_effects(state: Any, calc: Any, job_dir: str | None = None) -> Any:
             world.effect("before writing the job folder")
-            return write(state, calc)
+            return write(state, calc, job_dir=job_dir)
 
         self.runner.writer.write = write_with_effects  # type: ignore[method-assign]
 
