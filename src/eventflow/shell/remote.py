@@ -27,10 +27,9 @@ from eventflow.shell.scheduler import (
     JobInfo,
     SchedulerError,
     SlurmScheduler,
-    SubmitError,
     _check_job_name,
     _one_line,
-    parse_sbatch,
+    sbatch_job_id,
 )
 from eventflow.shell.ssh import SshConnection, Unreachable
 
@@ -106,17 +105,10 @@ class RemoteScheduler:
         sbatch = ["sbatch", "--parsable", f"--job-name={job_name}", f"--chdir={remote}"]
         sbatch += [f"--{k}={v}" for k in ("partition", "qos", "account")
                    if (v := getattr(self.cluster, k))]
-        try:
-            bundle = upload_bundle(Path(workdir))
-            result = self.ssh.run(["sh", "-c", _UNPACK_AND_RUN, "eventflow-upload", remote,
-                                   *sbatch, remote_script], self.timeout, stdin=bundle)
-        except SchedulerError as exc:
-            raise SubmitError(f"{exc}; the job may have been submitted: look for it by name "
-                              f"{job_name!r}") from exc
-        if result.returncode != 0:
-            raise SubmitError(_one_line(result.stderr or result.stdout)
-                              or f"sbatch failed with exit code {result.returncode}")
-        return parse_sbatch(result.stdout)
+        bundle = upload_bundle(Path(workdir))
+        return sbatch_job_id(lambda: self.ssh.run(
+            ["sh", "-c", _UNPACK_AND_RUN, "eventflow-upload", remote, *sbatch, remote_script],
+            self.timeout, stdin=bundle), job_name)
 
     def find(self, job_name: str) -> list[JobInfo]:
         return self.slurm.find(job_name)

@@ -242,6 +242,20 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
     return jobs
 
 
+def sbatch_job_id(call: Callable[[], CommandResult], job_name: str) -> str:
+    """The job id an sbatch ``call`` printed. A call that failed on its way (timeout, lost
+    connection) may still have created the job: the error says to look for it by name."""
+    try:
+        result = call()
+    except SchedulerError as exc:
+        raise SubmitError(f"{exc}; the job may have been submitted: look for it by name "
+                          f"{job_name!r}") from exc
+    if result.returncode != 0:
+        raise SubmitError(_one_line(result.stderr or result.stdout)
+                          or f"sbatch failed with exit code {result.returncode}")
+    return parse_sbatch(result.stdout)
+
+
 def parse_sbatch(text: str) -> str:
     """The job id from ``sbatch --parsable`` output ('123' or '123;cluster')."""
     for line in reversed(text.strip().splitlines()):
@@ -319,16 +333,9 @@ class SlurmScheduler:
 
     def submit(self, script: Path, job_name: str, workdir: Path) -> str:
         _check_job_name(job_name)
-        try:
-            result = self._call("sbatch", "--parsable", f"--job-name={job_name}",
-                                f"--chdir={Path(workdir).resolve()}", str(Path(script).resolve()))
-        except SchedulerError as exc:
-            raise SubmitError(f"{exc}; the job may have been submitted: look for it by name "
-                              f"{job_name!r}") from exc
-        if result.returncode != 0:
-            raise SubmitError(_one_line(result.stderr or result.stdout)
-                              or f"sbatch failed with exit code {result.returncode}")
-        return parse_sbatch(result.stdout)
+        return sbatch_job_id(lambda: self._call(
+            "sbatch", "--parsable", f"--job-name={job_name}",
+            f"--chdir={Path(workdir).resolve()}", str(Path(script).resolve())), job_name)
 
     def _squeue(self, *selector: str) -> dict[str, JobInfo]:
         result = self._call("squeue", "--noheader", "--states=all", f"--format={SQUEUE_FORMAT}",
