@@ -114,6 +114,15 @@ def need_postgres(postgres_server: str | None) -> str:
         db.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+@pytest.fixture
+def need_psycopg() -> None:
+    """The PostgreSQL driver alone (no server): for the errors a client gives."""
+    import importlib.util
+
+    require(importlib.util.find_spec("psycopg") is not None,
+            "no psycopg (pip install 'eventflow[postgresql]')")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def log_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Where a fresh event log goes, once per store: a SQLite file, or an empty schema on the

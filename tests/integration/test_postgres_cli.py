@@ -9,8 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from eventflow.shell.api import Tracker
 from eventflow.shell.store import EventStore, open_store
 from tests.integration.helpers import CLI, SI, eventflow
@@ -76,8 +74,8 @@ def test_a_password_in_the_store_url_is_refused(tmp_path: Path) -> None:
     assert "secret" not in (tmp_path / "p" / "config" / "project.yaml").read_text()
 
 
-def test_eventflow_store_names_an_unreachable_server_in_one_line(tmp_path: Path) -> None:
-    pytest.importorskip("psycopg")
+def test_eventflow_store_names_an_unreachable_server_in_one_line(tmp_path: Path,
+                                                                need_psycopg: None) -> None:
     project = tmp_path / "proj"
     Tracker.init(project).close()
     proc = eventflow(project, "status", check=False, env={

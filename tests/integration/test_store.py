@@ -201,8 +201,8 @@ def test_a_corrupt_log_gives_one_line_naming_the_file(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_a_server_that_is_down_gives_one_line_naming_it(tmp_path: Path) -> None:
-    pytest.importorskip("psycopg")  # the driver is installed by scripts/setup in CI
+def test_a_server_that_is_down_gives_one_line_naming_it(tmp_path: Path,
+                                                        need_psycopg: None) -> None:
     url = f"postgresql:///eventflow?host={tmp_path}&port=5999&user=eventflow"
     with pytest.raises(EventflowError, match="cannot reach the log's server") as info:
         open_store(url)
