@@ -46,13 +46,14 @@ def _project(tmp_path: Path) -> tuple[Path, Path]:
     return project, remote
 
 
-def _cycle_until(project: Path, done: str, timeout: float = 120) -> None:
+def _cycle_until(project: Path, done: str, timeout: float = 120, at_least: int = 1) -> None:
+    """Run watcher cycles until the log holds ``at_least`` events of type ``done``."""
     def step() -> bool:
         with Tracker.open(project) as t:
             run_once(t)
-        return count(project, done) > 0
+        return count(project, done) >= at_least
 
-    wait_for(step, done, timeout=timeout, every=0.5)
+    wait_for(step, f"{at_least} {done}", timeout=timeout, every=0.5)
 
 
 def test_a_job_runs_on_the_ssh_cluster_and_its_result_comes_back(tmp_path: Path) -> None:
@@ -224,12 +225,8 @@ def test_an_unreachable_cluster_delays_submission_and_work_resumes_when_it_answe
         clusters.add(t, _cluster("loop", remote))
     time.sleep(10.5)  # the first retry of a failed submission is due after 10 s
 
-    def all_done() -> bool:
-        with Tracker.open(project) as t:
-            run_once(t)
-        return count(project, "CalculationSucceeded") == 3
-
-    wait_for(all_done, "three jobs succeeded", timeout=120, every=0.5)
+    _cycle_until(project, "CalculationSucceeded", at_least=3)
+    assert count(project, "CalculationSucceeded") == 3
     assert count(project, "JobSubmitted") == 3
 
 
@@ -387,12 +384,8 @@ def test_a_clusters_max_jobs_holds_back_further_submissions(tmp_path: Path) -> N
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "go").touch()  # the later job's folder gets it on upload (not overwritten)
 
-    def both_done() -> bool:
-        with Tracker.open(project) as t:
-            run_once(t)
-        return count(project, "CalculationSucceeded") == 2
-
-    wait_for(both_done, "both jobs succeeded, one after the other", timeout=120, every=0.5)
+    _cycle_until(project, "CalculationSucceeded", at_least=2)
+    assert count(project, "CalculationSucceeded") == 2
     assert count(project, "JobSubmitted") == 2
 
 
