@@ -18,7 +18,13 @@ from eventflow.shell.store import LogBase, open_store
 
 
 def _held(slow: LogBase, holding: threading.Event, release: threading.Event) -> None:
-    """Make ``slow``'s next append stop inside its transaction, after its seq is computed."""
+    """Make ``slow``'s next append stop inside its transaction, after its seq is computed.
+
+    The stop is in the shared append path, so on PostgreSQL ``slow`` takes that path; the
+    other writers keep the one-round-trip append (``eventflow_append_one``), which must queue
+    behind the open transaction all the same."""
+    if hasattr(slow, "_one_trip"):
+        slow._one_trip = False
     insert = slow._insert_rows
 
     def stalled(rows: list[tuple[Any, ...]]) -> None:

@@ -7,6 +7,13 @@ meets a later commit with a lower seq, and the hash chain links rows in that sam
 ``UNIQUE (stream, version)`` and ``UNIQUE (idempotency_key)`` hold across hosts as on SQLite;
 triggers refuse UPDATE, DELETE and TRUNCATE.
 
+Appending one event is one round trip: ``eventflow_append_one``, a function in the log's
+schema, takes the lock, answers a known idempotency key with the stored row, checks the
+expected version, reads the head, chains the hash (``sha256`` over the same canonical JSON
+bytes as ``store.row_hash``: PostgreSQL's ``to_json`` of text escapes exactly as orjson does)
+and inserts, all in the implicit transaction of one ``SELECT`` that commits on its own.
+Batches and several events at once keep the shared path (one transaction, COPY).
+
 The password never passes through eventflow: libpq finds it (``~/.pgpass``, ``PGPASSWORD``,
 a service file), and ``path`` (what messages name) is the URL with any password removed.
 """
@@ -19,8 +26,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from eventflow.errors import EventflowError, LogTooNewError
-from eventflow.shell.store import SCHEMA_VERSION, LogBase
+import orjson
+
+from eventflow.core import events as ev
+from eventflow.errors import ConcurrencyError, EventflowError, LogTooNewError
+from eventflow.shell.store import (
+    _CANONICAL,
+    SCHEMA_VERSION,
+    LogBase,
+    NewEvent,
+    _decode_row,
+    _event_data,
+    default_meta,
+    utc_now,
+)
 
 # Any fixed number: eventflow's lock, the same in every process and on every host.
 APPEND_LOCK = 0x6576_666C_6F77  # "evflow"
@@ -52,7 +71,54 @@ CREATE TRIGGER events_no_update BEFORE UPDATE OR DELETE ON events
 DROP TRIGGER IF EXISTS events_no_truncate ON events;
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION eventflow_append_only();
+""" + f"""
+CREATE OR REPLACE FUNCTION eventflow_append_one(
+    p_stream TEXT, p_expected BIGINT, p_type TEXT, p_schema_version INTEGER, p_data TEXT,
+    p_meta TEXT, p_recorded_at TEXT, p_key TEXT, p_stream_json TEXT, p_hash_tail TEXT,
+    OUT o_outcome TEXT, OUT o_seq BIGINT, OUT o_stream TEXT, OUT o_version BIGINT,
+    OUT o_type TEXT, OUT o_schema_version INTEGER, OUT o_data TEXT, OUT o_meta TEXT,
+    OUT o_recorded_at TEXT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({APPEND_LOCK});
+    -- Each statement below sees every append committed before the lock was granted.
+    IF p_key IS NOT NULL THEN
+        SELECT 'stored', e.seq, e.stream, e.version, e.type, e.schema_version, e.data,
+               e.meta, e.recorded_at
+          INTO o_outcome, o_seq, o_stream, o_version, o_type, o_schema_version, o_data, o_meta,
+               o_recorded_at
+          FROM events AS e WHERE e.idempotency_key = p_key;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    -- The row's canonical JSON is '[seq,stream,version' || p_hash_tail (the client's orjson
+    -- bytes of the rest), chained on the previous row's hash as in store.row_hash.
+    INSERT INTO events
+    SELECT n.seq, p_stream, n.version, p_type, p_schema_version, p_data, p_meta, p_recorded_at,
+           p_key, encode(sha256(convert_to(n.prev || '[' || n.seq || ',' || p_stream_json
+                                           || ',' || n.version || p_hash_tail, 'UTF8')), 'hex')
+      FROM (SELECT coalesce(head.seq, 0) + 1 AS seq, coalesce(head.hash, repeat('0', 64)) AS prev,
+                   cur.version + 1 AS version
+              FROM (SELECT coalesce(max(e.version), 0) AS version FROM events AS e
+                     WHERE e.stream = p_stream) AS cur
+              LEFT JOIN (SELECT e.seq, e.hash FROM events AS e ORDER BY e.seq DESC LIMIT 1)
+                   AS head ON TRUE
+             WHERE p_expected IS NULL OR cur.version = p_expected) AS n
+    RETURNING seq, version INTO o_seq, o_version;
+    IF NOT FOUND THEN
+        o_outcome := 'conflict';
+        SELECT coalesce(max(e.version), 0) INTO o_version FROM events AS e
+         WHERE e.stream = p_stream;
+        RETURN;
+    END IF;
+    PERFORM pg_notify('eventflow_appended', '');
+    o_outcome := 'new';
+END $$;
 """
+_APPEND_ONE = "SELECT * FROM eventflow_append_one(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_HAS_APPEND_ONE = ("SELECT to_regprocedure('eventflow_append_one(text, bigint, text, integer, "
+                   "text, text, text, text, text, text)') IS NOT NULL")
 
 _BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 _COPY = ("COPY events (seq, stream, version, type, schema_version, data, meta, recorded_at, "
@@ -118,6 +184,10 @@ class PostgresEventStore(LogBase):
                 if self.db.execute("SELECT count(*) FROM eventflow_schema").fetchone()[0] == 0:
                     self.db.execute("INSERT INTO eventflow_schema VALUES (%s)", (SCHEMA_VERSION,))
         version = self.db.execute("SELECT max(version) FROM eventflow_schema").fetchone()[0]
+        # The one-trip append hashes in SQL: its bytes are row_hash's only in UTF-8. A log
+        # made before the function existed keeps the shared path.
+        self._one_trip = (self.db.info.parameter_status("server_encoding") == "UTF8"
+                          and self.db.execute(_HAS_APPEND_ONE).fetchone()[0])
         if version is not None and version > SCHEMA_VERSION:
             raise LogTooNewError(
                 f"{self.path}: written by a newer eventflow (log schema {version}, this one "
@@ -148,6 +218,40 @@ class PostgresEventStore(LogBase):
     def _rollback(self) -> None:
         if not self.db.closed and not self.db.broken:
             self.db.execute("ROLLBACK")
+
+    def append_many(
+        self,
+        items: Sequence[NewEvent],
+        *,
+        expected_versions: dict[str, int | None] | None = None,
+    ) -> list[ev.Recorded]:
+        if len(items) != 1 or not self._one_trip:
+            return super().append_many(items, expected_versions=expected_versions)
+        (item,) = items
+        e, stream, key = item.event, item.stream, item.idempotency_key
+        expected = (expected_versions or {}).get(stream)
+        meta = {**default_meta(), **item.meta}
+        now = utc_now()
+        dumps, option, type_, sv = orjson.dumps, _CANONICAL, e.TYPE, e.VERSION
+        data = dumps(_event_data(e), option=option).decode()
+        meta_json = dumps(meta, option=option).decode()
+        # row_hash's canonical JSON after ``[seq,stream,version``: the same orjson bytes.
+        tail = "," + dumps([type_, sv, data, meta_json, now, key], option=option).decode()[1:]
+        args = (stream, expected, type_, sv, data, meta_json, now, key,
+                dumps(stream).decode(), tail)
+        try:
+            row = self.db.execute(_APPEND_ONE, args, prepare=True).fetchone()
+        except self._integrity_errors as exc:  # only a writer outside eventflow gets here
+            raise ConcurrencyError(f"append refused by the log: {exc}") from exc
+        except self._psycopg.OperationalError as exc:
+            raise EventflowError(f"{self.path}: lost the log's server: {_one_line(exc)}") from None
+        outcome, seq, version = row[0], row[1], row[3]
+        if outcome == "new":
+            return [ev.Recorded(seq, stream, version, e, now, meta, key)]
+        if outcome == "stored":
+            return [_decode_row((*row[1:], key))]
+        raise ConcurrencyError(f"stream {stream!r} is at version {version}, "
+                               f"expected {expected}: someone else appended first")
 
     def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
         self._notify = True
