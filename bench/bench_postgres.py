@@ -2,7 +2,10 @@
 
 ``python bench/bench_postgres.py [--quick] [--url URL]`` (default: scripts/local-postgres's
 server). Each run works in a fresh schema and drops it. Workloads:
-- durable append, 1 event per transaction: eventflow vs raw ``INSERT`` + COMMIT (goal 0.8x)
+- durable append, 1 event per transaction: eventflow vs raw psycopg's ``INSERT`` of the same
+  row in autocommit mode (its own transaction, committed durably before it returns: one round
+  trip, the fastest honest way to do it) (goal 0.8x); raw ``BEGIN; INSERT; COMMIT`` (three round
+  trips, as ``with conn.transaction()`` does) is shown beside it
 - batched append, 1,000 events per transaction: eventflow vs raw COPY of the same rows
   (goal 0.5x and 20,000 events/s)
 - 4 writer processes at once vs 1 (throughput reported; every append must be there)
@@ -15,17 +18,21 @@ import multiprocessing as mp
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
 from eventflow.core import events as ev
-from eventflow.shell.store import NewEvent, open_store
+from eventflow.shell.store import NewEvent, canonical, default_meta, open_store
 from eventflow.shell.store_pg import SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
-ROW = (1, "m", 1, "MaterialHeld", 1, '{"reason":"x"}', '{"actor":"cli"}',
-       "2026-01-01T00:00:00.000000Z", None, "0" * 64)
+# The row eventflow writes for MaterialHeld("x"), column for column (data, meta, a timestamp
+# of the same form, a 64-character hash), so the raw baselines store the same bytes.
+ROW = (1, "m", 1, "MaterialHeld", 1, canonical({"reason": "x"}).decode(),
+       canonical(default_meta()).decode(), "2026-01-01T00:00:00.000000Z", None, "0" * 64)
+_INSERT = "INSERT INTO events VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 
 
 def _schema(url: str) -> str:
@@ -39,14 +46,19 @@ def _in(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
-def raw_durable(url: str, n: int) -> float:
+def raw_durable(url: str, n: int, *, explicit: bool = False) -> float:
+    """Raw INSERTs, each durably committed: autocommit (one round trip), or ``explicit``
+    BEGIN / INSERT / COMMIT."""
     with psycopg.connect(url, autocommit=True) as db:
         db.execute(SCHEMA)
+        start = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         t = time.perf_counter()
-        for i in range(1, n + 1):
-            with db.transaction():
-                db.execute("INSERT INTO events VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                           (i, f"m{i % 50}", i, *ROW[3:]))
+        for i in range(start + 1, start + n + 1):
+            if explicit:
+                with db.transaction():
+                    db.execute(_INSERT, (i, f"m{i % 50}", i, *ROW[3:]))
+            else:
+                db.execute(_INSERT, (i, f"m{i % 50}", i, *ROW[3:]))
         return n / (time.perf_counter() - t)
 
 
@@ -58,6 +70,16 @@ def ef_durable(url: str, n: int) -> float:
         return n / (time.perf_counter() - t)
 
 
+def best_of(rounds: int, runs: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """Each workload's best rate over ``rounds``, the workloads taking turns within a round
+    (so a burst of load from other users of the machine hits them alike)."""
+    best = dict.fromkeys(runs, 0.0)
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = max(best[name], run())
+    return best
+
+
 def raw_batched(url: str, n: int) -> float:
     with psycopg.connect(url, autocommit=True) as db:
         db.execute(SCHEMA)
@@ -65,7 +87,7 @@ def raw_batched(url: str, n: int) -> float:
         for start in range(0, n, 1000):
             with db.transaction(), db.cursor().copy("COPY events FROM STDIN") as copy:
                 for i in range(start + 1, start + 1001):
-                    copy.write_row((i, f"m{i}", 1, *ROW[3:]))
+                    copy.write_row((i, f"m{i}", 1, *ROW[3:]))  # 1,000 streams, as below
         return n / (time.perf_counter() - t)
 
 
@@ -108,6 +130,7 @@ def main() -> None:
     url = args.url or subprocess.run([str(REPO / "scripts" / "local-postgres"), "url"],
                                      capture_output=True, text=True, check=True).stdout.strip()
     n1, nb, nw = (300, 20_000, 200) if args.quick else (2_000, 100_000, 1_000)
+    rounds = 3 if args.quick else 5
     schemas: list[str] = []
 
     def fresh() -> str:
@@ -115,11 +138,15 @@ def main() -> None:
         return _in(url, schemas[-1])
 
     try:
-        rounds = 1 if args.quick else 3
-        d_ef = max(ef_durable(fresh(), n1) for _ in range(rounds))
-        d_raw = max(raw_durable(fresh(), n1) for _ in range(rounds))
-        b_ef = max(ef_batched(fresh(), nb) for _ in range(rounds))
-        b_raw = max(raw_batched(fresh(), nb) for _ in range(rounds))
+        durable = best_of(rounds, {
+            "ef": lambda: ef_durable(fresh(), n1),
+            "raw": lambda: raw_durable(fresh(), n1),
+            "raw3": lambda: raw_durable(fresh(), n1, explicit=True),
+        })
+        batched = best_of(rounds, {"ef": lambda: ef_batched(fresh(), nb),
+                                   "raw": lambda: raw_batched(fresh(), nb)})
+        d_ef, d_raw, d_raw3 = durable["ef"], durable["raw"], durable["raw3"]
+        b_ef, b_raw = batched["ef"], batched["raw"]
         w1 = writers(fresh(), 1, nw)
         w4 = writers(fresh(), 4, nw)
     finally:
@@ -128,8 +155,10 @@ def main() -> None:
                 db.execute(f"DROP SCHEMA {name} CASCADE")
     print("| workload | eventflow | baseline | ratio | goal | met |")
     print("|---|---|---|---|---|---|")
-    print(f"| durable append, 1 event/tx | {d_ef:,.0f}/s | {d_raw:,.0f}/s raw INSERT | "
-          f"{d_ef / d_raw:.2f} | >= 0.8 | {d_ef / d_raw >= 0.8} |")
+    print(f"| durable append, 1 event/tx | {d_ef:,.0f}/s | {d_raw:,.0f}/s raw INSERT "
+          f"(autocommit) | {d_ef / d_raw:.2f} | >= 0.8 | {d_ef / d_raw >= 0.8} |")
+    print(f"| (same, other baseline) | {d_ef:,.0f}/s | {d_raw3:,.0f}/s raw BEGIN; INSERT; "
+          f"COMMIT | {d_ef / d_raw3:.2f} | shown | - |")
     print(f"| batched append, 1000/tx | {b_ef:,.0f}/s | {b_raw:,.0f}/s raw COPY | "
           f"{b_ef / b_raw:.2f} | >= 0.5 and >= 20,000/s | "
           f"{b_ef / b_raw >= 0.5 and b_ef >= 20_000} |")

@@ -32,6 +32,7 @@ from eventflow.core import events as ev
 from eventflow.errors import ConcurrencyError, EventflowError, LogTooNewError
 from eventflow.shell.store import (
     _CANONICAL,
+    _ROW_COLUMNS,
     SCHEMA_VERSION,
     LogBase,
     NewEvent,
@@ -117,6 +118,9 @@ BEGIN
 END $$;
 """
 _APPEND_ONE = "SELECT * FROM eventflow_append_one(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_VERSIONS = ("SELECT stream, max(version) FROM events WHERE stream = ANY(?::text[]) "
+             "GROUP BY stream")
+_BY_KEYS = f"SELECT {_ROW_COLUMNS} FROM events WHERE idempotency_key = ANY(?::text[])"
 _HAS_APPEND_ONE = ("SELECT to_regprocedure('eventflow_append_one(text, bigint, text, integer, "
                    "text, text, text, text, text, text)') IS NOT NULL")
 
@@ -252,6 +256,16 @@ class PostgresEventStore(LogBase):
             return [_decode_row((*row[1:], key))]
         raise ConcurrencyError(f"stream {stream!r} is at version {version}, "
                                f"expected {expected}: someone else appended first")
+
+    # A batch's lookups bind one array instead of ``IN (?, ?, ...)``: one short statement that
+    # psycopg prepares once, rather than a new 500-mark text to parse and plan per chunk.
+    def _versions(self, streams: set[str]) -> dict[str, int]:
+        versions = dict.fromkeys(streams, 0)
+        versions.update(self.query(_VERSIONS, (list(streams),)))
+        return versions
+
+    def _by_keys(self, keys: list[str]) -> dict[str, ev.Recorded]:
+        return {row[8]: _decode_row(row) for row in self.query(_BY_KEYS, (keys,))}
 
     def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
         self._notify = True
