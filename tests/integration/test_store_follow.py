@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from eventflow.core import events as ev
@@ -27,10 +28,10 @@ def _held(slow: LogBase, holding: threading.Event, release: threading.Event) -> 
         slow._one_trip = False
     insert = slow._insert_rows
 
-    def stalled(rows: list[tuple[Any, ...]]) -> None:
+    def stalled(rows: Iterable[tuple[Any, ...]], count: int) -> None:
         holding.set()
         assert release.wait(30)
-        insert(rows)
+        insert(rows, count)
 
     slow._insert_rows = stalled  # type: ignore[method-assign]
 

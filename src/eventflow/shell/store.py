@@ -174,7 +174,10 @@ class LogBase:
     def _rollback(self) -> None:
         self.query("ROLLBACK")
 
-    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert_rows(self, rows: Iterable[tuple[Any, ...]], count: int | None = None
+                     ) -> None:
+        """Insert ``count`` rows (None: ``rows`` is a list), taking them from ``rows`` as it
+        goes."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -251,38 +254,13 @@ class LogBase:
                         f"expected {expected}: someone else appended first"
                     )
             now = utc_now()
-            rows = []
-            out = []
-            base_meta = default_meta()
-            dumps, sha256, option = orjson.dumps, hashlib.sha256, _CANONICAL
-            recorded, event_data = ev.Recorded, _event_data
-            metas: dict[int, tuple[dict[str, Any], str]] = {}  # id(item.meta) -> merged, JSON
-            prev_bytes = prev.encode()
-            for item in items:
-                key = item.idempotency_key
-                if key is not None and key in stored:
-                    out.append(stored[key])
-                    continue
-                seq += 1
-                stream = item.stream
-                version = versions[stream] = versions[stream] + 1
-                e = item.event
-                data = dumps(event_data(e), option=option).decode()
-                merged = metas.get(id(item.meta))
-                if merged is None:
-                    meta_obj = {**base_meta, **item.meta}
-                    merged = metas[id(item.meta)] = (meta_obj, dumps(meta_obj, option=option)
-                                                     .decode())
-                meta = merged[1]
-                type_, sv = e.TYPE, e.VERSION
-                # The same bytes as row_hash(): canonical JSON of the row, chained on prev.
-                h = sha256(prev_bytes + dumps(
-                    [seq, stream, version, type_, sv, data, meta, now, key], option=option
-                )).hexdigest()
-                rows.append((seq, stream, version, type_, sv, data, meta, now, key, h))
-                prev_bytes = h.encode()
-                out.append(recorded(seq, stream, version, e, now, dict(merged[0]), key))
-            self._insert_rows(rows)
+            out: list[ev.Recorded] = []
+            fresh = sum(1 for i in items if i.idempotency_key is None
+                        or i.idempotency_key not in stored)
+            # Rows are made as the backend consumes them: PostgreSQL's COPY sends each full
+            # buffer while the next rows are hashed, so the server works alongside.
+            self._insert_rows(self._new_rows(items, stored, versions, seq, prev, now, out),
+                              fresh)
             self._commit()
             return out
         except self._integrity_errors as exc:
@@ -291,6 +269,42 @@ class LogBase:
         except BaseException:
             self._rollback()
             raise
+
+    @staticmethod
+    def _new_rows(items: Sequence[NewEvent], stored: dict[str, ev.Recorded],
+                  versions: dict[str, int], seq: int, prev: str, now: str,
+                  out: list[ev.Recorded]) -> Iterator[tuple[Any, ...]]:
+        """The rows to insert, seq after seq, each hash chained on the one before; ``out``
+        gets every item's Recorded (a stored one for a key already in the log)."""
+        base_meta = default_meta()
+        dumps, sha256, option = orjson.dumps, hashlib.sha256, _CANONICAL
+        recorded, event_data = ev.Recorded, _event_data
+        metas: dict[int, tuple[dict[str, Any], str]] = {}  # id(item.meta) -> merged, JSON
+        prev_bytes = prev.encode()
+        for item in items:
+            key = item.idempotency_key
+            if key is not None and key in stored:
+                out.append(stored[key])
+                continue
+            seq += 1
+            stream = item.stream
+            version = versions[stream] = versions[stream] + 1
+            e = item.event
+            data = dumps(event_data(e), option=option).decode()
+            merged = metas.get(id(item.meta))
+            if merged is None:
+                meta_obj = {**base_meta, **item.meta}
+                merged = metas[id(item.meta)] = (meta_obj, dumps(meta_obj, option=option)
+                                                 .decode())
+            meta = merged[1]
+            type_, sv = e.TYPE, e.VERSION
+            # The same bytes as row_hash(): canonical JSON of the row, chained on prev.
+            h = sha256(prev_bytes + dumps(
+                [seq, stream, version, type_, sv, data, meta, now, key], option=option
+            )).hexdigest()
+            prev_bytes = h.encode()
+            out.append(recorded(seq, stream, version, e, now, dict(merged[0]), key))
+            yield (seq, stream, version, type_, sv, data, meta, now, key, h)
 
     def _versions(self, streams: set[str]) -> dict[str, int]:
         """Current version of each stream: a few queries per batch, not one per stream."""
@@ -481,9 +495,11 @@ class EventStore(LogBase):
     def _begin(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")  # one writer at a time: seq and hash chain in order
 
-    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        if len(rows) == 1:
-            self.db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows[0])
+    def _insert_rows(self, rows: Iterable[tuple[Any, ...]], count: int | None = None
+                     ) -> None:
+        if (len(rows) if count is None else count) == 1:  # type: ignore[arg-type]
+            (row,) = rows
+            self.db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", row)
         else:
             self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 

@@ -21,7 +21,7 @@ a service file), and ``path`` (what messages name) is the URL with any password 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -267,10 +267,12 @@ class PostgresEventStore(LogBase):
     def _by_keys(self, keys: list[str]) -> dict[str, ev.Recorded]:
         return {row[8]: _decode_row(row) for row in self.query(_BY_KEYS, (keys,))}
 
-    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert_rows(self, rows: Iterable[tuple[Any, ...]], count: int | None = None
+                     ) -> None:
         self._notify = True
-        if len(rows) == 1:
-            self.query("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows[0])
+        if (len(rows) if count is None else count) == 1:  # type: ignore[arg-type]
+            (row,) = rows
+            self.query("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", row)
             return
         with self.db.cursor().copy(_COPY) as copy:  # a batch: COPY, the server's fast path
             for row in rows:
