@@ -226,7 +226,6 @@ class LogBase:
         """Append a batch (any streams) in one transaction; see ``append``."""
         if not items:
             return []
-        q = self.query
         self._begin()
         try:
             keys = [i.idempotency_key for i in items if i.idempotency_key is not None]
@@ -238,14 +237,7 @@ class LogBase:
                 # The group's intent is already recorded: the whole group was appended then.
                 self._commit()
                 return [stored[items[0].idempotency_key]]
-            streams = {i.stream for i in items}
-            if len(streams) == 1:  # the common case: the log's head and the stream in one query
-                (only,) = streams
-                seq, prev, version = q(_HEAD_AND_VERSION, (only,)).fetchone()
-                versions = {only: version}
-            else:
-                seq, prev = q(_HEAD).fetchone()
-                versions = self._versions(streams)
+            seq, prev, versions = self._head_and_versions({i.stream for i in items})
             seq, prev = seq or 0, prev or GENESIS
             for stream, expected in (expected_versions or {}).items():
                 if expected is not None and versions.get(stream, expected) != expected:
@@ -305,6 +297,16 @@ class LogBase:
             prev_bytes = h.encode()
             out.append(recorded(seq, stream, version, e, now, dict(merged[0]), key))
             yield (seq, stream, version, type_, sv, data, meta, now, key, h)
+
+    def _head_and_versions(self, streams: set[str]
+                           ) -> tuple[int | None, str | None, dict[str, int]]:
+        """The log's last seq and hash (None, None when empty) and each stream's version."""
+        if len(streams) == 1:  # the common case: the log's head and the stream in one query
+            (only,) = streams
+            seq, prev, version = self.query(_HEAD_AND_VERSION, (only,)).fetchone()
+            return seq, prev, {only: version}
+        seq, prev = self.query(_HEAD).fetchone()
+        return seq, prev, self._versions(streams)
 
     def _versions(self, streams: set[str]) -> dict[str, int]:
         """Current version of each stream: a few queries per batch, not one per stream."""

@@ -118,8 +118,16 @@ BEGIN
 END $$;
 """
 _APPEND_ONE = "SELECT * FROM eventflow_append_one(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-_VERSIONS = ("SELECT stream, max(version) FROM events WHERE stream = ANY(?::text[]) "
-             "GROUP BY stream")
+# The head and, per stream of the batch, its last version: one index probe per stream (a
+# plain ``stream = ANY(...)`` lets the planner pick a scan of the whole table as it grows).
+_HEAD_AND_VERSIONS = """
+SELECT head.seq, head.hash, v.names, v.versions
+  FROM (SELECT array_agg(s.name) AS names, array_agg(last.version) AS versions
+          FROM unnest(?::text[]) AS s(name)
+         CROSS JOIN LATERAL (SELECT e.version FROM events AS e WHERE e.stream = s.name
+                              ORDER BY e.version DESC LIMIT 1) AS last) AS v
+  LEFT JOIN (SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1) AS head ON TRUE
+"""
 _BY_KEYS = f"SELECT {_ROW_COLUMNS} FROM events WHERE idempotency_key = ANY(?::text[])"
 _HAS_APPEND_ONE = ("SELECT to_regprocedure('eventflow_append_one(text, bigint, text, integer, "
                    "text, text, text, text, text, text)') IS NOT NULL")
@@ -259,10 +267,14 @@ class PostgresEventStore(LogBase):
 
     # A batch's lookups bind one array instead of ``IN (?, ?, ...)``: one short statement that
     # psycopg prepares once, rather than a new 500-mark text to parse and plan per chunk.
-    def _versions(self, streams: set[str]) -> dict[str, int]:
+    def _head_and_versions(self, streams: set[str]
+                           ) -> tuple[int | None, str | None, dict[str, int]]:
+        if len(streams) == 1:
+            return super()._head_and_versions(streams)
+        seq, prev, names, found = self.query(_HEAD_AND_VERSIONS, (list(streams),)).fetchone()
         versions = dict.fromkeys(streams, 0)
-        versions.update(self.query(_VERSIONS, (list(streams),)))
-        return versions
+        versions.update(zip(names or (), found or (), strict=True))
+        return seq, prev, versions
 
     def _by_keys(self, keys: list[str]) -> dict[str, ev.Recorded]:
         return {row[8]: _decode_row(row) for row in self.query(_BY_KEYS, (keys,))}
