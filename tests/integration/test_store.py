@@ -70,6 +70,38 @@ def test_expected_version_mismatch_appends_nothing(store: LogBase) -> None:
     assert store.last_seq() == 1
 
 
+def test_one_event_appends_keep_the_contract(store: LogBase) -> None:
+    """One event per append (PostgreSQL's one-round-trip path): the stored event for a known
+    key, whatever stream the retry names; an expected version checked; the log unchanged by
+    either refusal or retry."""
+    first = store.append("a", [ev.MaterialHeld("why")], idempotency_key="k1",
+                         meta={"actor": "test"})
+    assert (first[0].seq, first[0].version, first[0].meta["actor"]) == (1, 1, "test")
+    for stream in ("a", "elsewhere"):
+        (again,) = store.append(stream, [ev.MaterialHeld("other")], idempotency_key="k1")
+        assert again == first[0]
+    assert store.append("a", [ev.MaterialReleased()], expected_version=1)[0].version == 2
+    with pytest.raises(ConcurrencyError, match="at version 2, expected 1"):
+        store.append("a", [ev.MaterialReleased()], expected_version=1)
+    assert store.append("new", [_registered("new")], expected_version=0)[0].seq == 3
+    assert store.last_seq() == 3 and store.verify_chain() == (3, [])
+
+
+def test_the_hash_chain_holds_for_any_text(store: LogBase) -> None:
+    """Every append path gives ``row_hash``'s bytes (PostgreSQL's one-trip append hashes in
+    SQL), whatever the text: quotes, backslashes, control characters, non-ASCII."""
+    if hasattr(store, "_one_trip"):
+        assert store._one_trip  # the SQL-hashing path is the one under test
+    odd = ['q"uote', "back\\slash", "tab\tnl\ncr\r", "\x01\x1f\x7f", "é☃😀\u2028", "/<>&'", ""]
+    for text in odd:
+        store.append(f"s{text}", [ev.MaterialHeld(text)], idempotency_key=f"k{text}",
+                     meta={"note": text})
+        store.append_many([NewEvent(f"s{text}", ev.MaterialHeld(text), meta={text: 1}),
+                           NewEvent("other", ev.MaterialReleased())])
+    assert store.verify_chain() == (3 * len(odd), [])
+    assert [r.event.reason for r in store.read(stream="sé☃😀\u2028")] == ["é☃😀\u2028"] * 2
+
+
 def test_batched_append_over_many_streams_is_one_transaction(store: LogBase) -> None:
     items = [NewEvent(f"m{i}", _registered(f"m{i}")) for i in range(1000)]
     recs = store.append_many(items)
@@ -245,3 +277,17 @@ def test_sqlite_error_class_is_the_drivers(tmp_path: Path) -> None:
         s.append("a", [_registered("a")])
         with pytest.raises(sqlite3.IntegrityError):
             s.db.execute("DELETE FROM events")
+
+
+def test_a_postgresql_log_without_the_append_function_takes_the_shared_path(
+        need_postgres: str) -> None:
+    """A log made before ``eventflow_append_one`` existed: appends still work, chained alike."""
+    with open_store(need_postgres, create=True) as s:
+        s.append("a", [_registered("a")])
+        s.query("DROP FUNCTION eventflow_append_one(text, bigint, text, integer, text, text, "
+                "text, text, text, text)")
+    with open_store(need_postgres) as s:
+        assert not s._one_trip
+        assert s.append("a", [ev.MaterialHeld("x")], idempotency_key="k")[0].seq == 2
+        assert s.append("a", [ev.MaterialHeld("x")], idempotency_key="k")[0].seq == 2
+        assert s.verify_chain() == (2, [])
