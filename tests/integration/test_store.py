@@ -285,9 +285,24 @@ def test_a_postgresql_log_without_the_append_function_takes_the_shared_path(
     with open_store(need_postgres, create=True) as s:
         s.append("a", [_registered("a")])
         s.query("DROP FUNCTION eventflow_append_one(text, bigint, text, integer, text, text, "
-                "text, text, text, text)")
+                "text, text, text, text, text, bigint, bigint, text)")
     with open_store(need_postgres) as s:
         assert not s._one_trip
         assert s.append("a", [ev.MaterialHeld("x")], idempotency_key="k")[0].seq == 2
         assert s.append("a", [ev.MaterialHeld("x")], idempotency_key="k")[0].seq == 2
         assert s.verify_chain() == (2, [])
+
+
+def test_a_wrong_guess_of_the_head_is_never_stored(need_postgres: str) -> None:
+    """A one-event append sends its row's hash computed for the head its connection last
+    saw; the server takes it only when seq, previous hash and stream version are exactly
+    those, and hashes the row itself otherwise."""
+    with open_store(need_postgres, create=True) as a, open_store(need_postgres) as b:
+        a.append("s", [_registered("s")])
+        b.append("x", [_registered("x")])
+        b.append("s", [ev.MaterialHeld("b")])  # seq guessed right, stream version not
+        a.append("s", [ev.MaterialHeld("a")])  # another writer appended since a's last
+        a._head = (a._head[0], "f" * 64)  # a head that is not the log's (a restored log)
+        a.append("s", [ev.MaterialReleased()])
+        a.append("s", [ev.MaterialHeld("c")])  # and the guess right again
+        assert a.verify_chain() == (6, [])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,14 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
 CREATE OR REPLACE FUNCTION eventflow_append_one(
     p_stream TEXT, p_expected BIGINT, p_type TEXT, p_schema_version INTEGER, p_data TEXT,
     p_meta TEXT, p_recorded_at TEXT, p_key TEXT, p_stream_json TEXT, p_hash_tail TEXT,
+    p_guess_prev TEXT, p_guess_seq BIGINT, p_guess_version BIGINT, p_guess_hash TEXT,
     OUT o_outcome TEXT, OUT o_seq BIGINT, OUT o_stream TEXT, OUT o_version BIGINT,
     OUT o_type TEXT, OUT o_schema_version INTEGER, OUT o_data TEXT, OUT o_meta TEXT,
-    OUT o_recorded_at TEXT)
+    OUT o_recorded_at TEXT, OUT o_hash TEXT)
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock({APPEND_LOCK});
+    -- (IF on a call, not PERFORM: plpgsql evaluates it without a query of its own.)
+    IF pg_advisory_xact_lock({APPEND_LOCK}) IS NULL THEN RETURN; END IF;
     -- Each statement below sees every append committed before the lock was granted.
     IF p_key IS NOT NULL THEN
         SELECT 'stored', e.seq, e.stream, e.version, e.type, e.schema_version, e.data,
@@ -94,11 +97,16 @@ BEGIN
         END IF;
     END IF;
     -- The row's canonical JSON is '[seq,stream,version' || p_hash_tail (the client's orjson
-    -- bytes of the rest), chained on the previous row's hash as in store.row_hash.
+    -- bytes of the rest), chained on the previous row's hash as in store.row_hash. The client
+    -- sends that hash ready-made for the head it expects (its own last append): taken only
+    -- when the head's seq and hash and the stream's version are exactly those.
     INSERT INTO events
     SELECT n.seq, p_stream, n.version, p_type, p_schema_version, p_data, p_meta, p_recorded_at,
-           p_key, encode(sha256(convert_to(n.prev || '[' || n.seq || ',' || p_stream_json
-                                           || ',' || n.version || p_hash_tail, 'UTF8')), 'hex')
+           p_key, CASE WHEN n.seq = p_guess_seq AND n.version = p_guess_version
+                            AND n.prev = p_guess_prev THEN p_guess_hash
+                       ELSE encode(sha256(convert_to(n.prev || '[' || n.seq || ',' || p_stream_json
+                                                     || ',' || n.version || p_hash_tail, 'UTF8')),
+                                   'hex') END
       FROM (SELECT coalesce(head.seq, 0) + 1 AS seq, coalesce(head.hash, repeat('0', 64)) AS prev,
                    cur.version + 1 AS version
               FROM (SELECT coalesce(max(e.version), 0) AS version FROM events AS e
@@ -106,18 +114,19 @@ BEGIN
               LEFT JOIN (SELECT e.seq, e.hash FROM events AS e ORDER BY e.seq DESC LIMIT 1)
                    AS head ON TRUE
              WHERE p_expected IS NULL OR cur.version = p_expected) AS n
-    RETURNING seq, version INTO o_seq, o_version;
+    RETURNING seq, version, hash INTO o_seq, o_version, o_hash;
     IF NOT FOUND THEN
         o_outcome := 'conflict';
         SELECT coalesce(max(e.version), 0) INTO o_version FROM events AS e
          WHERE e.stream = p_stream;
         RETURN;
     END IF;
-    PERFORM pg_notify('eventflow_appended', '');
+    IF pg_notify('eventflow_appended', '') IS NULL THEN RETURN; END IF;
     o_outcome := 'new';
 END $$;
 """
-_APPEND_ONE = "SELECT * FROM eventflow_append_one(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_APPEND_ONE = ("SELECT * FROM eventflow_append_one(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+               "%s, %s)")
 # The head and, per stream of the batch, its last version: one index probe per stream (a
 # plain ``stream = ANY(...)`` lets the planner pick a scan of the whole table as it grows).
 _HEAD_AND_VERSIONS = """
@@ -130,7 +139,7 @@ SELECT head.seq, head.hash, v.names, v.versions
 """
 _BY_KEYS = f"SELECT {_ROW_COLUMNS} FROM events WHERE idempotency_key = ANY(?::text[])"
 _HAS_APPEND_ONE = ("SELECT to_regprocedure('eventflow_append_one(text, bigint, text, integer, "
-                   "text, text, text, text, text, text)') IS NOT NULL")
+                   "text, text, text, text, text, text, text, bigint, bigint, text)') IS NOT NULL")
 
 _BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 _COPY = ("COPY events (seq, stream, version, type, schema_version, data, meta, recorded_at, "
@@ -173,6 +182,10 @@ class PostgresEventStore(LogBase):
         self._integrity_errors = (psycopg.errors.IntegrityError,)
         self._listener: Any = None
         self._notify = False
+        # The head (seq, hash) and stream versions as of this connection's last one-event
+        # append: the next one sends its hash computed for them (the server checks).
+        self._head: tuple[int, str] | None = None
+        self._versions_seen: dict[str, int] = {}
         try:
             self.db = psycopg.connect(url, autocommit=True)
         except psycopg.OperationalError as exc:
@@ -249,8 +262,14 @@ class PostgresEventStore(LogBase):
         meta_json = dumps(meta, option=option).decode()
         # row_hash's canonical JSON after ``[seq,stream,version``: the same orjson bytes.
         tail = "," + dumps([type_, sv, data, meta_json, now, key], option=option).decode()[1:]
-        args = (stream, expected, type_, sv, data, meta_json, now, key,
-                dumps(stream).decode(), tail)
+        stream_json = dumps(stream).decode()
+        guess: tuple[Any, ...] = (None, None, None, None)
+        if self._head is not None:  # the head as of our last append: hash the row for it
+            prev, seq = self._head[1], self._head[0] + 1
+            version = self._versions_seen.get(stream, 0) + 1
+            row_json = f"[{seq},{stream_json},{version}{tail}"
+            guess = (prev, seq, version, sha256((prev + row_json).encode()).hexdigest())
+        args = (stream, expected, type_, sv, data, meta_json, now, key, stream_json, tail, *guess)
         try:
             row = self.db.execute(_APPEND_ONE, args, prepare=True).fetchone()
         except self._integrity_errors as exc:  # only a writer outside eventflow gets here
@@ -259,9 +278,14 @@ class PostgresEventStore(LogBase):
             raise EventflowError(f"{self.path}: lost the log's server: {_one_line(exc)}") from None
         outcome, seq, version = row[0], row[1], row[3]
         if outcome == "new":
+            self._head = (seq, row[9])
+            if len(self._versions_seen) >= 100_000:  # a guess, not a record: kept bounded
+                self._versions_seen.clear()
+            self._versions_seen[stream] = version
             return [ev.Recorded(seq, stream, version, e, now, meta, key)]
         if outcome == "stored":
-            return [_decode_row((*row[1:], key))]
+            return [_decode_row((*row[1:9], key))]
+        self._versions_seen[stream] = version
         raise ConcurrencyError(f"stream {stream!r} is at version {version}, "
                                f"expected {expected}: someone else appended first")
 
