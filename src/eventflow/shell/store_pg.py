@@ -125,8 +125,7 @@ BEGIN
     o_outcome := 'new';
 END $$;
 """
-_APPEND_ONE = ("SELECT * FROM eventflow_append_one(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-               "%s, %s)")
+_APPEND_ONE = "SELECT * FROM eventflow_append_one(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # The head and, per stream of the batch, its last version: one index probe per stream (a
 # plain ``stream = ANY(...)`` lets the planner pick a scan of the whole table as it grows).
 _HEAD_AND_VERSIONS = """
@@ -270,12 +269,10 @@ class PostgresEventStore(LogBase):
             row_json = f"[{seq},{stream_json},{version}{tail}"
             guess = (prev, seq, version, sha256((prev + row_json).encode()).hexdigest())
         args = (stream, expected, type_, sv, data, meta_json, now, key, stream_json, tail, *guess)
-        try:
-            row = self.db.execute(_APPEND_ONE, args, prepare=True).fetchone()
+        try:  # through query(), like every other statement (psycopg prepares it by the 5th)
+            row = self.query(_APPEND_ONE, args).fetchone()
         except self._integrity_errors as exc:  # only a writer outside eventflow gets here
             raise ConcurrencyError(f"append refused by the log: {exc}") from exc
-        except self._psycopg.OperationalError as exc:
-            raise EventflowError(f"{self.path}: lost the log's server: {_one_line(exc)}") from None
         outcome, seq, version = row[0], row[1], row[3]
         if outcome == "new":
             self._head = (seq, row[9])
