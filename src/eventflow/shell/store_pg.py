@@ -9,10 +9,13 @@ triggers refuse UPDATE, DELETE and TRUNCATE.
 
 Appending one event is one round trip: ``eventflow_append_one``, a function in the log's
 schema, takes the lock, answers a known idempotency key with the stored row, checks the
-expected version, reads the head, chains the hash (``sha256`` over the same canonical JSON
-bytes as ``store.row_hash``: PostgreSQL's ``to_json`` of text escapes exactly as orjson does)
-and inserts, all in the implicit transaction of one ``SELECT`` that commits on its own.
-Batches and several events at once keep the shared path (one transaction, COPY).
+expected version, reads the head, chains the hash and inserts, all in the implicit
+transaction of one ``SELECT`` that commits on its own (the lock is held until that commit).
+The hash is ``store.row_hash``'s by construction: the client sends the orjson bytes of the
+row's canonical JSON except ``seq`` and ``version``, and the hash it expects for the head it
+last saw; the server takes that hash only when seq, previous hash and stream version are
+exactly those, and otherwise runs ``sha256`` over the same bytes itself. Batches and several
+events at once keep the shared path (one transaction, COPY).
 
 The password never passes through eventflow: libpq finds it (``~/.pgpass``, ``PGPASSWORD``,
 a service file), and ``path`` (what messages name) is the URL with any password removed.
