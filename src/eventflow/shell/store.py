@@ -272,6 +272,7 @@ class LogBase:
         dumps, sha256, option = orjson.dumps, hashlib.sha256, _CANONICAL
         recorded, event_data = ev.Recorded, _event_data
         metas: dict[int, tuple[dict[str, Any], str]] = {}  # id(item.meta) -> merged, JSON
+        plain = (base_meta, dumps(base_meta, option=option).decode())  # no meta of its own
         prev_bytes = prev.encode()
         for item in items:
             key = item.idempotency_key
@@ -283,11 +284,11 @@ class LogBase:
             version = versions[stream] = versions[stream] + 1
             e = item.event
             data = dumps(event_data(e), option=option).decode()
-            merged = metas.get(id(item.meta))
+            own = item.meta
+            merged = metas.get(id(own)) if own else plain
             if merged is None:
-                meta_obj = {**base_meta, **item.meta}
-                merged = metas[id(item.meta)] = (meta_obj, dumps(meta_obj, option=option)
-                                                 .decode())
+                meta_obj = {**base_meta, **own}
+                merged = metas[id(own)] = (meta_obj, dumps(meta_obj, option=option).decode())
             meta = merged[1]
             type_, sv = e.TYPE, e.VERSION
             # The same bytes as row_hash(): canonical JSON of the row, chained on prev.
