@@ -106,14 +106,19 @@ class _Connection:
 
 
 def _number_loader() -> type:
-    """A NUMERIC reads back as an int when written as one (no point, no exponent), else a float:
-    what the log's JSON holds, and what SQLite gives back."""
+    """A NUMERIC reads back as the log's JSON holds it, and as SQLite gives it back: an int
+    when written as one, else a float. NUMERIC keeps the digits after the point that it was
+    given: a float below 1e16 always has a point (its repr has one, or an exponent below
+    zero); a float above has none but more digits than an int (what eventflow records as
+    properties is far smaller; an int above 1e16 would come back as the same float)."""
     from psycopg.adapt import Loader
 
     class NumberLoader(Loader):
         def load(self, data: Any) -> int | float:
             text = bytes(data)
-            return float(text) if re.search(rb"[.eEnN]", text) else int(text)
+            if re.fullmatch(rb"-?[0-9]{1,16}", text):
+                return int(text)
+            return float(text)
 
     return NumberLoader
 
