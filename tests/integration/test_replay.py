@@ -193,7 +193,7 @@ def test_postgres_readers_see_the_old_projections_or_the_new_never_a_mix(
 
 def test_a_rebuild_killed_midway_leaves_the_old_postgres_projections(need_postgres: str) -> None:
     """A real crash: the rebuilding process is killed (SIGKILL) while it writes the new rows;
-    the server rolls its transaction back, and the old rows and last_seq stay."""
+    the old rows and last_seq stay, and the next rebuild clears what the dead one left."""
     with open_store(need_postgres, create=True) as log:
         log.append_many(_items())
         views = PostgresProjections(need_postgres, create=True)
@@ -243,6 +243,7 @@ def test_an_event_it_cannot_read_stops_the_rebuild_with_one_line_and_keeps_the_o
     assert str(log.path) in message and f"seq {seq}" in message and "FutureThing" in message
     assert "upgrade eventflow" in message
     assert _rows(views) == before
+    assert log.last_seq() == seq  # the log's connection is still fine after the broken read
     assert [p.name for p in tmp_path.iterdir() if ".rebuild-" in p.name] == []
     views.close()
 

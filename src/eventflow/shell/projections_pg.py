@@ -9,22 +9,28 @@ them. They stay disposable: ``eventflow replay`` rebuilds them from the log.
 The fold is the one of ``shell.projections`` (Python, checked against the lifecycles); only
 the writing differs:
 
-* a full rebuild runs in ONE transaction: it creates fresh tables (``materials__new`` ...),
-  streams the rows into them with COPY as each material's stream is folded, builds their
-  indexes, drops the old tables and renames the new ones, and records ``last_seq``. Readers
-  see the old projections until COMMIT and the new ones after, never a mix; a crash or a lost
-  connection rolls everything back and leaves the old ones;
+* a full rebuild fills fresh tables (``materials__new`` ...) that no reader looks at, with
+  COPY, as each material's stream is folded; a big log is split by material id into ranges,
+  one process each (as ``shell.replay`` does for SQLite), every process reading its streams
+  from the server and COPYing its rows itself. Then ONE transaction builds the indexes, drops
+  the old tables, renames the new ones and records ``last_seq``: readers see the old
+  projections until COMMIT and the new ones after, never a mix. A crash before that COMMIT
+  leaves the old projections as they were (and ``__new`` tables, which the next rebuild
+  drops: it holds a session advisory lock, so no other rebuild is at work);
 * catching up replaces the rows of the changed materials (DELETE + COPY) and ``last_seq`` in
   one transaction.
 
-Both take a transaction-level advisory lock first, so two writers (watchers on two hosts, a
-``status`` beside a watcher) take turns; a catch-up that finds the tables already further on
-writes nothing.
+Writers of the projections (a catch-up, the swap) take a transaction-level advisory lock
+first, so two of them (watchers on two hosts, a ``status`` beside a watcher) take turns; a
+catch-up that finds the tables already further on writes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +43,7 @@ from eventflow.shell.store_pg import _one_line, _pg, _psycopg, redacted
 
 # Another fixed number than the log's APPEND_LOCK: writers of the projections take turns.
 PROJECTIONS_LOCK = 0x6576_7072_6F6A  # "evproj"
+REBUILD_LOCK = 0x6576_7265_6275  # "evrebu": held by the one rebuild at work (a session lock)
 FLUSH_EVERY = 2_000  # materials whose rows go to the server in one COPY per table
 NEW = "__new"  # the suffix of the tables a rebuild fills before it swaps them in
 
@@ -177,37 +184,93 @@ class PostgresProjections(Projections):
                 _copy(conn, "", states)
             conn.execute(_SET_LAST, (last_seq,))
 
-    def rebuild(self, store: LogBase, *, jobs: int | None = None,  # noqa: ARG002 - one process
+    def rebuild(self, store: LogBase, *, jobs: int | None = None,
                 until_seq: int | None = None, until_time: str | None = None) -> int:
-        """Replace every row by a fresh fold of the log (up to ``until``), in one transaction."""
+        """Replace every row by a fresh fold of the log (up to ``until``), in ``jobs`` processes
+        (default: one per core for a big log); the new rows appear in one transaction."""
+        from eventflow.shell.replay import _ranges, default_jobs
+
         last = store.last_seq_until(until_seq=until_seq, until_time=until_time)
+        jobs = default_jobs(last) if jobs is None else max(1, jobs)
+        ranges = _ranges(store, jobs if sys.executable else 1)  # no interpreter: embedded
         conn = self.db.conn
         try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTIONS_LOCK,))
-                for table in TABLES:
-                    conn.execute(f"CREATE TABLE {table}{NEW} ({_COLUMNS[table]})")
-                with gc_paused():
-                    _fold_copy(conn, store, last, until_time)
-                for sql in _indexes(NEW):
-                    conn.execute(sql)
-                for table in TABLES:  # the swap: readers wait here a moment, then see the new
-                    conn.execute(f"DROP TABLE IF EXISTS {table}")
-                    conn.execute(f"ALTER TABLE {table}{NEW} RENAME TO {table}")
-                for name, _, _ in _INDEXES:
-                    conn.execute(f"ALTER INDEX {name}{NEW} RENAME TO {name}")
-                conn.execute(_STATE_TABLE)
-                conn.execute(_SET_LAST, (last,))
+            # One rebuild at a time; a session lock, so a rebuild that dies frees it.
+            conn.execute("SELECT pg_advisory_lock(%s)", (REBUILD_LOCK,))
+            try:
+                self._fill_new_tables(store, ranges, last, until_time)
+                self._swap_in(last)
+            except BaseException:
+                if not conn.closed and not conn.broken:
+                    _drop_new(conn)
+                raise
+            finally:
+                if not conn.closed and not conn.broken:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (REBUILD_LOCK,))
         except _psycopg().OperationalError as exc:
             raise EventflowError(f"{self.path}: lost the server during a rebuild (the old "
                                  f"projections stay): {_one_line(exc)}") from None
         return last
 
+    def _fill_new_tables(self, store: LogBase, ranges: list[tuple[str | None, str | None]],
+                         last: int, until_time: str | None) -> None:
+        """The tables ``materials__new`` ... (committed, but under names no reader uses), filled
+        by one process per range of material ids: this one and ``python -m
+        eventflow.shell.projections_pg`` (see shell.replay for why not multiprocessing)."""
+        from eventflow.shell.replay import _worker_error
 
-def _fold_copy(conn: Any, store: LogBase, last: int, until_time: str | None) -> None:
-    """Fold every material's stream (in stream order) and COPY the rows into the new tables,
-    ``FLUSH_EVERY`` materials at a time: memory does not grow with the log."""
-    rows = store.read_streams(until_seq=last, until_time=until_time)
+        conn = self.db.conn
+        _drop_new(conn)  # left by a rebuild that died: we hold the lock, it is not at work
+        for table in TABLES:
+            conn.execute(f"CREATE TABLE {table}{NEW} ({_COLUMNS[table]})")
+        log_url = str(getattr(store, "url", store.path))
+        workers: list[subprocess.Popen[bytes]] = []
+        try:
+            for lo, hi in ranges[1:]:
+                part = [log_url, self.url, lo, hi, last, until_time]
+                workers.append(subprocess.Popen(  # noqa: S603 - argv list, our own module
+                    [sys.executable, "-m", "eventflow.shell.projections_pg", json.dumps(part)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            lo, hi = ranges[0]
+            with conn.transaction(), gc_paused():
+                _fold_copy(conn, store, lo, hi, last, until_time)
+            for worker in workers:
+                _, err = worker.communicate()
+                if worker.returncode != 0:
+                    raise EventflowError(_worker_error(err, worker.returncode))
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+
+    def _swap_in(self, last: int) -> None:
+        """Index the new tables and put them in the place of the old, with ``last``: one
+        transaction, so readers see the old projections or the new, never a mix."""
+        conn = self.db.conn
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTIONS_LOCK,))
+            for sql in _indexes(NEW):
+                conn.execute(sql)
+            for table in TABLES:  # readers wait here a moment, then see the new tables
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+                conn.execute(f"ALTER TABLE {table}{NEW} RENAME TO {table}")
+            for name, _, _ in _INDEXES:
+                conn.execute(f"ALTER INDEX {name}{NEW} RENAME TO {name}")
+            conn.execute(_STATE_TABLE)
+            conn.execute(_SET_LAST, (last,))
+
+
+def _drop_new(conn: Any) -> None:
+    for table in TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS {table}{NEW}")
+
+
+def _fold_copy(conn: Any, store: LogBase, lo: str | None, hi: str | None, last: int,
+               until_time: str | None) -> None:
+    """Fold the streams ``lo <= id < hi`` (in stream order) and COPY their rows into the new
+    tables, ``FLUSH_EVERY`` materials at a time: memory does not grow with the log."""
+    rows = store.read_streams(lo=lo, hi=hi, until_seq=last, until_time=until_time)
     done: list[MaterialState] = []
     state: MaterialState | None = None
     decode = ev.decode_json
@@ -237,3 +300,26 @@ def _copy(conn: Any, suffix: str, states: list[MaterialState]) -> None:
             write = copy.write_row
             for row in ROW_MAKERS[table](states):
                 write(row)
+
+
+def _worker_main(argv: list[str]) -> int:
+    """``python -m eventflow.shell.projections_pg '[log, views, lo, hi, last, until_time]'``:
+    one range of a rebuild, into the new tables, committed when whole."""
+    from eventflow.shell.store import open_store
+
+    log, views, lo, hi, last, until_time = json.loads(argv[0])
+    psycopg = _psycopg()
+    try:
+        with open_store(log) as store, psycopg.connect(views) as conn, gc_paused():
+            _fold_copy(conn, store, lo, hi, last, until_time)
+    except EventflowError as exc:
+        print(f"eventflow: error: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:
+        print(f"eventflow: error: {redacted(views)}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))
