@@ -288,6 +288,8 @@ def _fold_copy(conn: Any, store: LogBase, lo: str | None, hi: str | None, last: 
             apply_event(state, decode(type_, sv, data), seq, version, at)
     except (ev.UnknownEventError, IllegalTransition) as exc:
         raise unreplayable(store.path, seq, type_, stream, exc) from None
+    finally:
+        rows.close()  # a stream left midway would keep the log's connection busy
     if state is not None:
         done.append(state)
     _copy(conn, NEW, done)
