@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -73,14 +74,14 @@ def load_log(url: str, schema: str, log: Path, n_events: int) -> None:
         db.execute(f"VACUUM ANALYZE {schema}.events")
 
 
-def child_eventflow(url: str) -> dict[str, float]:
+def child_eventflow(url: str, jobs: int | None = None) -> dict[str, float]:
     from eventflow.shell.projections_pg import PostgresProjections
     from eventflow.shell.store import open_store
 
     with open_store(url) as store:
         views = PostgresProjections(url, create=True)
         t0 = time.perf_counter()
-        last = views.rebuild(store)
+        last = views.rebuild(store, jobs=jobs)
         seconds = time.perf_counter() - t0
         materials = views.db.execute("SELECT count(*) FROM materials").fetchone()[0]
         views.close()
@@ -112,12 +113,142 @@ def child_raw(url: str) -> dict[str, float]:
     return {"events": n, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
-CHILDREN = {"eventflow": child_eventflow, "fold": child_fold, "raw": child_raw}
+def child_raw_stream(url: str) -> dict[str, float]:
+    """The same, read as eventflow reads a replay: streamed in chunks of 2,000 rows."""
+    loads = json.loads
+    with psycopg.connect(url) as db:
+        t0 = time.perf_counter()
+        n = 0
+        sql = f"SELECT {FOLD_COLUMNS} FROM events ORDER BY seq"
+        for row in db.cursor().stream(sql, size=2000):
+            loads(row[5])
+            n += 1
+        seconds = time.perf_counter() - t0
+    return {"events": n, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_child(kind: str, url: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--url", url],
-                         capture_output=True, text=True, check=False)
+def child_eventflow_1(url: str) -> dict[str, float]:
+    return child_eventflow(url, jobs=1)
+
+
+CHILDREN = {"eventflow": child_eventflow, "eventflow-1": child_eventflow_1,
+            "fold": child_fold, "raw": child_raw, "raw-stream": child_raw_stream}
+
+
+# -- the eventsourcing library on the same server ---------------------------------------------
+
+def es_env(url: str, schema: str) -> dict[str, str]:
+    """eventsourcing's settings for the server of ``url``, in ``schema``."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    return {"PERSISTENCE_MODULE": "eventsourcing.postgres", "IS_SNAPSHOTTING_ENABLED": "no",
+            "POSTGRES_DBNAME": str(info.get("dbname", "")),
+            "POSTGRES_HOST": str(info.get("host", "")),
+            "POSTGRES_PORT": str(info.get("port", "5432")),
+            "POSTGRES_USER": str(info.get("user", "")),
+            "POSTGRES_PASSWORD": str(info.get("password", "")), "POSTGRES_SCHEMA": schema}
+
+
+def _es_pg_sql(sql: str) -> str:
+    """bench_eventsourcing's SQLite statements for the same tables, in PostgreSQL's words."""
+    sql = sql.replace("?", "%s")
+    if sql.startswith("INSERT OR REPLACE INTO properties"):
+        sql = (sql.replace("INSERT OR REPLACE", "INSERT")
+               + " ON CONFLICT (material_id, calculation_id, name) DO UPDATE"
+                 " SET value = excluded.value, unit = excluded.unit")
+    return sql
+
+
+def es_load(url: str, schema: str, n_materials: int, n_events: int, n_load: int) -> float:
+    """The first ``n_load`` events of the history saved through an eventsourcing Application
+    (100 per save, as bench_eventsourcing); returns events/s."""
+    from itertools import islice
+
+    from bench_eventsourcing import EsWriter, Materials
+    from make_project import batches, generate
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        db.execute(f"CREATE SCHEMA {schema}")
+    writer = EsWriter(Materials(env=es_env(url, schema)))
+    t0 = time.perf_counter()
+    for group in batches(islice(generate(n_materials, n_events), n_load), 100):
+        writer.save(group)
+    seconds = time.perf_counter() - t0
+    assert writer.app.recorder.max_notification_id() == n_load
+    writer.app.close()
+    return n_load / seconds
+
+
+def child_es_projection(url: str, schema: str, view_schema: str, n: int) -> dict[str, float]:
+    """eventsourcing's projection of its first ``n`` events into the four tables, one
+    transaction per event with its Tracking record (bench_eventsourcing's method)."""
+    from bench_eventsourcing import _VIEW_TABLES, Materials, _view_statements
+    from eventsourcing.persistence import Tracking
+    from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+    from eventsourcing.projection import Projection
+    from psycopg.sql import SQL
+
+    class MaterialsView(PostgresTrackingRecorder):
+        def __init__(self, datastore: PostgresDatastore) -> None:
+            super().__init__(datastore)
+            self.sql_create_statements += [
+                SQL(sql.replace("value,", "value NUMERIC,"))  # noqa: S608 - our constants
+                for sql in _VIEW_TABLES]
+
+        def apply(self, statements: list[tuple[str, tuple]], tracking: Tracking) -> None:
+            with self.datastore.transaction(commit=True) as c:
+                for sql, args in statements:
+                    c.execute(_es_pg_sql(sql), args)
+                self._insert_tracking(c, tracking)
+
+    class MaterialsProjection(Projection[MaterialsView]):
+        def process_event(self, domain_event: object, tracking: Tracking) -> None:
+            self.view.apply(_view_statements(
+                str(domain_event.originator_id), domain_event.kind, domain_event.data,
+                str(domain_event.timestamp)), tracking)
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"DROP SCHEMA IF EXISTS {view_schema} CASCADE")
+        db.execute(f"CREATE SCHEMA {view_schema}")
+    # the view's unqualified table names resolve in view_schema (search_path, set by the caller)
+    assert os.environ.get("PGOPTIONS", "").endswith(f"search_path={view_schema}")
+    app = Materials(env=es_env(url, schema))
+    env = es_env(url, view_schema)
+    datastore = PostgresDatastore(env["POSTGRES_DBNAME"], env["POSTGRES_HOST"],
+                                  env["POSTGRES_PORT"], env["POSTGRES_USER"],
+                                  env["POSTGRES_PASSWORD"], schema=view_schema)
+    view = MaterialsView(datastore)
+    view.create_table()
+    projection = MaterialsProjection(view)
+    recorder, mapper = app.recorder, app.mapper
+    t0 = time.perf_counter()
+    start, done = 1, 0
+    while done < n:
+        page = recorder.select_notifications(start, min(1000, n - done))
+        if not page:
+            break
+        for notification in page:
+            projection.process_event(mapper.to_domain_event(notification),
+                                     Tracking(app.name, notification.id))
+            done += 1
+        start = page[-1].id + 1
+    seconds = time.perf_counter() - t0
+    assert view.max_tracking_id(app.name) == n == done
+    with datastore.transaction(commit=False) as c:
+        c.execute("SHOW synchronous_commit")
+        sync = c.fetchone()["synchronous_commit"]
+        c.execute("SELECT count(*) AS n FROM materials")  # the view's own tables, in its schema
+        assert c.fetchone()["n"] > 0
+    datastore.close()
+    app.close()
+    return {"events": n, "seconds": seconds, "synchronous_commit": sync}
+
+
+def run_child(kind: str, url: str, *extra: str, env: dict[str, str] | None = None
+              ) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--url", url, *extra],
+                         capture_output=True, text=True, check=False,
+                         env={**os.environ, **(env or {})})
     if out.returncode != 0:
         raise SystemExit(f"replay child {kind} failed:\n{out.stderr}")
     return json.loads(out.stdout)
@@ -130,7 +261,9 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--drop", action="store_true",
                         help="drop the cached schemas on the server afterwards")
-    parser.add_argument("--child", choices=[*CHILDREN, "es"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[*CHILDREN, "es-projection"],
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--es", nargs=3, help=argparse.SUPPRESS)
 
 
 def main() -> int:
@@ -138,6 +271,10 @@ def main() -> int:
     url = args.url or subprocess.run([str(REPO / "scripts" / "local-postgres"), "url"],
                                      capture_output=True, text=True,
                                      check=True).stdout.strip()
+    if args.child == "es-projection":
+        schema, view_schema, n = args.es
+        print(json.dumps(child_es_projection(url, schema, view_schema, int(n))))
+        return 0
     if args.child:
         print(json.dumps(CHILDREN[args.child](url)))
         return 0
@@ -154,26 +291,59 @@ def main() -> int:
             for kind in kinds:
                 runs[kind].append(run_child(kind, log_url))
                 print(f"round {r + 1} {kind}: {runs[kind][-1]}", file=sys.stderr, flush=True)
+        es_schema, es_view = "eventflow_bench_es_log", "eventflow_bench_es_view"
+        n_projected = 500 if args.quick else ES_PROJECTED
+        es_save = es_load(url, es_schema, n_materials, n_events, n_projected)
+        es_runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+        for _ in range(rounds):
+            for sync in es_runs:
+                es_runs[sync].append(run_child(
+                    "es-projection", url, "--es", es_schema, es_view, str(n_projected),
+                    env={"PGOPTIONS": f"-c synchronous_commit={sync} -c search_path={es_view}"}))
+                print(f"eventsourcing projection, synchronous_commit={sync}: "
+                      f"{es_runs[sync][-1]}", file=sys.stderr, flush=True)
     finally:
-        if args.drop:
-            with psycopg.connect(url, autocommit=True) as db:
+        with psycopg.connect(url, autocommit=True) as db:
+            for name in ("eventflow_bench_es_log", "eventflow_bench_es_view"):
+                db.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+            if args.drop:
                 db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
     def rate(kind: str) -> float:
         return n_events / median([x["seconds"] for x in runs[kind]])
 
-    ef, fold, raw = rate("eventflow"), rate("fold"), rate("raw")
+    ef, serial, fold = rate("eventflow"), rate("eventflow-1"), rate("fold")
+    raw_plain, raw_stream = rate("raw"), rate("raw-stream")
+    raw = max(raw_plain, raw_stream)  # the faster way to read: the stricter baseline
+    raw_name = ("raw psycopg SELECT + json.loads"
+                + (", streamed" if raw_stream >= raw_plain else ""))
+    es_off = n_projected / median([x["seconds"] for x in es_runs["off"]])
+    es_on = n_projected / median([x["seconds"] for x in es_runs["on"]])
+    assert [x["synchronous_commit"] for x in es_runs["off"]] == ["off"] * rounds
     assert all(x["events"] == n_events for xs in runs.values() for x in xs)
-    assert all(x["materials"] == n_materials for k in ("eventflow", "fold") for x in runs[k])
+    assert all(x["materials"] == n_materials for k in ("eventflow", "eventflow-1", "fold")
+               for x in runs[k])
     rss = max(x["peak_rss_mb"] for x in runs["eventflow"])
     raw_rss = max(x["peak_rss_mb"] for x in runs["raw"])
     results = [
         Result(f"replay {n_events:,} events of {n_materials:,} materials from PostgreSQL into "
                "the projection tables beside the log (`eventflow replay`)", ef, raw,
-               "raw psycopg SELECT + json.loads", ">= 0.7x raw", ef / raw >= 0.7,
+               raw_name, ">= 0.7x raw", ef / raw >= 0.7,
                note=f"peak RSS {rss:,.0f} MB (raw: {raw_rss:,.0f} MB)"),
+        Result("  the same in one process (`--workers 1`)", serial, raw, raw_name,
+               "(information)", None),
         Result("  decode + checked fold only, in log order, states kept in memory (`fold_log`)",
-               fold, raw, "raw psycopg SELECT + json.loads", "(information)", None),
+               fold, raw, raw_name, "(information)", None),
+        Result("  the replay vs the raw loop reading all rows at once (not streamed)", ef,
+               raw_plain, "raw psycopg SELECT + json.loads", "(information)", None),
+        Result(f"replay into the projection tables: eventflow (all {n_events:,}) vs "
+               f"eventsourcing's PostgreSQL persistence, Projection.process_event over its "
+               f"first {n_projected:,}, synchronous_commit=off", ef, es_off,
+               "eventsourcing", ">= 5x", ef / es_off >= 5),
+        Result("  the same, eventsourcing at the server's default synchronous_commit=on", ef,
+               es_on, "eventsourcing", "(information)", None),
+        Result(f"  (eventsourcing saving those {n_projected:,} events, 100 per save: "
+               "information)", es_save, None, "", "(information)", None),
     ]
     print_table("Replay from PostgreSQL (bench/bench_replay_pg.py)", results, args.json)
     return 0
