@@ -45,6 +45,7 @@ from make_project import GENERATOR_VERSION, cached_log
 from eventflow.shell.store import FOLD_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
+ES_LOADED = 50_000  # the first events of the history, saved through eventsourcing
 ES_PROJECTED = 5_000  # events eventsourcing's projection replays (one transaction each)
 
 
@@ -179,6 +180,20 @@ def es_load(url: str, schema: str, n_materials: int, n_events: int, n_load: int)
     return n_load / seconds
 
 
+def child_es_memory(url: str, schema: str, n: int) -> dict[str, float]:
+    """eventsourcing's replay without tables: its recorder read in log order (pages of 1,000),
+    each stored event mapped back and ``mutate``d into its aggregate (bench_eventsourcing's
+    ``es_replay``)."""
+    from bench_eventsourcing import Materials, es_replay
+
+    app = Materials(env=es_env(url, schema))
+    t0 = time.perf_counter()
+    assert es_replay(app) == n
+    seconds = time.perf_counter() - t0
+    app.close()
+    return {"events": n, "seconds": seconds}
+
+
 def child_es_projection(url: str, schema: str, view_schema: str, n: int) -> dict[str, float]:
     """eventsourcing's projection of its first ``n`` events into the four tables, one
     transaction per event with its Tracking record (bench_eventsourcing's method)."""
@@ -261,7 +276,7 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--drop", action="store_true",
                         help="drop the cached schemas on the server afterwards")
-    parser.add_argument("--child", choices=[*CHILDREN, "es-projection"],
+    parser.add_argument("--child", choices=[*CHILDREN, "es-projection", "es-memory"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--es", nargs=3, help=argparse.SUPPRESS)
 
@@ -271,6 +286,10 @@ def main() -> int:
     url = args.url or subprocess.run([str(REPO / "scripts" / "local-postgres"), "url"],
                                      capture_output=True, text=True,
                                      check=True).stdout.strip()
+    if args.child == "es-memory":
+        schema, _, n = args.es
+        print(json.dumps(child_es_memory(url, schema, int(n))))
+        return 0
     if args.child == "es-projection":
         schema, view_schema, n = args.es
         print(json.dumps(child_es_projection(url, schema, view_schema, int(n))))
@@ -293,10 +312,13 @@ def main() -> int:
                 print(f"round {r + 1} {kind}: {runs[kind][-1]}", file=sys.stderr, flush=True)
         es_schema, es_view = "eventflow_bench_es_log", "eventflow_bench_es_view"
         n_projected = 500 if args.quick else ES_PROJECTED
-        es_save = es_load(url, es_schema, n_materials, n_events, n_projected)
-        es_runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+        n_loaded = 2_000 if args.quick else ES_LOADED
+        es_save = es_load(url, es_schema, n_materials, n_events, n_loaded)
+        es_runs: dict[str, list[dict[str, float]]] = {"off": [], "on": [], "memory": []}
         for _ in range(rounds):
-            for sync in es_runs:
+            es_runs["memory"].append(run_child("es-memory", url, "--es", es_schema, "-",
+                                               str(n_loaded)))
+            for sync in ("off", "on"):
                 es_runs[sync].append(run_child(
                     "es-projection", url, "--es", es_schema, es_view, str(n_projected),
                     env={"PGOPTIONS": f"-c synchronous_commit={sync} -c search_path={es_view}"}))
@@ -319,6 +341,7 @@ def main() -> int:
                 + (", streamed" if raw_stream >= raw_plain else ""))
     es_off = n_projected / median([x["seconds"] for x in es_runs["off"]])
     es_on = n_projected / median([x["seconds"] for x in es_runs["on"]])
+    es_memory = n_loaded / median([x["seconds"] for x in es_runs["memory"]])
     assert [x["synchronous_commit"] for x in es_runs["off"]] == ["off"] * rounds
     assert all(x["events"] == n_events for xs in runs.values() for x in xs)
     assert all(x["materials"] == n_materials for k in ("eventflow", "eventflow-1", "fold")
@@ -342,7 +365,10 @@ def main() -> int:
                "eventsourcing", ">= 5x", ef / es_off >= 5),
         Result("  the same, eventsourcing at the server's default synchronous_commit=on", ef,
                es_on, "eventsourcing", "(information)", None),
-        Result(f"  (eventsourcing saving those {n_projected:,} events, 100 per save: "
+        Result(f"replay in memory, no tables: eventflow decode + checked fold (`fold_log`, "
+               f"all {n_events:,}) vs eventsourcing mapper + mutate (its first {n_loaded:,})",
+               fold, es_memory, "eventsourcing", "(information)", None),
+        Result(f"  (eventsourcing saving those {n_loaded:,} events, 100 per save: "
                "information)", es_save, None, "", "(information)", None),
     ]
     print_table("Replay from PostgreSQL (bench/bench_replay_pg.py)", results, args.json)
