@@ -1,6 +1,7 @@
 -- The read models eventflow keeps beside its event log (projections.db).
 -- They are disposable: `eventflow replay` rebuilds them from the log at any time.
 -- Query them directly with sqlite3 or sqlite-utils; never write to them.
+-- Beside a PostgreSQL log the same tables live in the log's schema (shell/projections_pg.py).
 
 CREATE TABLE IF NOT EXISTS materials (
     id            TEXT PRIMARY KEY,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eventflow.shell.api import Tracker
-from eventflow.shell.store import GENESIS, EventStore, canonical, row_hash
+from eventflow.shell.store import GENESIS, LogBase, canonical, row_hash
 
 SI = Path(__file__).resolve().parents[1] / "data" / "structures" / "Si.cif"
 CLI = [sys.executable, "-m", "eventflow.shell.cli"]
@@ -32,15 +32,16 @@ def unique(name: str) -> str:
     return f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**8}"
 
 
-def append_unknown_event(store: EventStore, stream: str) -> int:
-    """An event a newer eventflow wrote, inserted as it would have (chain intact)."""
+def append_unknown_event(store: LogBase, stream: str) -> int:
+    """An event a newer eventflow wrote, inserted as it would have (chain intact); on either
+    store (``query`` takes the same SQL on both)."""
     seq = store.last_seq() + 1
     version = store.stream_version(stream) + 1
-    prev = store.db.execute("SELECT hash FROM events WHERE seq = ?", (seq - 1,)).fetchone()[0]
+    prev = store.query("SELECT hash FROM events WHERE seq = ?", (seq - 1,)).fetchone()[0]
     data, meta, at = canonical({"x": 1}).decode(), "{}", "2030-01-01T00:00:00.000000Z"
     h = row_hash(prev or GENESIS, seq, stream, version, "FutureThing", 1, data, meta, at, None)
-    store.db.execute("INSERT INTO events VALUES (?,?,?,'FutureThing',1,?,?,?,NULL,?)",
-                     (seq, stream, version, data, meta, at, h))
+    store.query("INSERT INTO events VALUES (?,?,?,'FutureThing',1,?,?,?,NULL,?)",
+                (seq, stream, version, data, meta, at, h))
     return seq
 
 

@@ -23,7 +23,7 @@ from eventflow.core.policy import PolicyConfig, decide
 from eventflow.core.state import MaterialState, apply, calculation_id, fold, would_accept
 from eventflow.errors import ConcurrencyError, EventflowError, IllegalTransition
 from eventflow.shell.project import Project, initialise, set_store
-from eventflow.shell.projections import Projections
+from eventflow.shell.projections import open_projections
 from eventflow.shell.store import open_store
 
 _RETRIES = 20
@@ -33,7 +33,7 @@ class Tracker:
     def __init__(self, project: Project, *, policy: PolicyConfig | None = None) -> None:
         self.project = project
         self.store = open_store(project.store)
-        self.projections = Projections(project.projections_path)
+        self.projections = open_projections(project)
         self._policy = policy
 
     # -- opening ----------------------------------------------------------------------------
@@ -47,8 +47,7 @@ class Tracker:
         if store is not None:
             set_store(project, store)
         open_store(project.store, create=True).close()
-        if not project.projections_path.exists():
-            Projections(project.projections_path, create=True).close()
+        open_projections(project, create=True).close()
         return cls(project)
 
     def close(self) -> None:

@@ -259,7 +259,7 @@ def _until(value: str | None) -> dict[str, Any]:
 @command("replay")
 def cmd_replay(args: argparse.Namespace) -> int:
     from eventflow.shell.project import Project
-    from eventflow.shell.projections import Projections, fold_log, rows_of
+    from eventflow.shell.projections import Projections, fold_log, open_projections, rows_of
     from eventflow.shell.store import open_store
 
     project = Project.at(args.project)
@@ -271,14 +271,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with open_store(project.store) as store:
         if not until and not args.output:
             started = time.perf_counter()
-            live = Projections(project.projections_path, create=True)
+            live = open_projections(project, create=True)
             last = live.rebuild(store, jobs=args.workers)
             n = sum(live.state_counts().values())
             live.close()
             if args.json:
                 _print_json({"last_seq": last, "materials": n})
             else:
-                print(f"rebuilt {project.projections_path.name} from {last} events "
+                print(f"rebuilt {live.name} from {last} events "
                       f"({n} materials) in {time.perf_counter() - started:.2f} s")
             return 0
         if args.output:
@@ -309,14 +309,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 @command("verify")
 def cmd_verify(args: argparse.Namespace) -> int:
     from eventflow.shell.project import Project
-    from eventflow.shell.projections import Projections, fold_log, rows_of
+    from eventflow.shell.projections import fold_log, open_projections, rows_of
     from eventflow.shell.store import open_store
+    from eventflow.shell.store_pg import is_postgres
 
     project = Project.at(args.project)
     with open_store(project.store) as store:
         count, problems = store.verify_chain()
-        if not problems and project.projections_path.exists():
-            stored = Projections(project.projections_path)
+        if not problems and (is_postgres(project.store) or project.projections_path.exists()):
+            stored = open_projections(project)
             at = stored.last_seq()
             mine = stored.dump()
             stored.close()

@@ -13,13 +13,16 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventflow.core import events as ev
 from eventflow.core.state import MaterialState, apply_event
 from eventflow.errors import EventflowError, IllegalTransition, ProjectionStale
 from eventflow.resources import data_text
 from eventflow.shell.store import FOLD_COLUMNS, LogBase
+
+if TYPE_CHECKING:
+    from eventflow.shell.project import Project
 
 TABLES = ("materials", "calculations", "properties", "errors")
 
@@ -153,11 +156,24 @@ INSERT_SQL = {
 }
 
 
+def open_projections(project: Project, *, create: bool = False) -> Projections:
+    """The projections of ``project``: ``projections.db`` in its state folder, or, when its
+    log is on a PostgreSQL server, the tables beside the log (``shell.projections_pg``)."""
+    from eventflow.shell.store_pg import is_postgres
+
+    if is_postgres(project.store):
+        from eventflow.shell.projections_pg import PostgresProjections
+
+        return PostgresProjections(project.store, create=create)
+    return Projections(project.projections_path, create=create)
+
+
 class Projections:
     """``projections.db``: open an existing one, or ``create=True`` to make it."""
 
     def __init__(self, path: Path | str, *, create: bool = False) -> None:
         self.path = Path(path)
+        self.name = self.path.name  # what messages call them
         if not create and not self.path.is_file():
             raise ProjectionStale(
                 f"{self.path}: projections are missing; rebuild them with `eventflow replay`"
@@ -277,7 +293,8 @@ class Projections:
         return self._dicts("SELECT * FROM errors WHERE material_id = ?", (material_id,))
 
     def state_counts(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT state, count(*) FROM materials GROUP BY state"))
+        return dict(self.db.execute(
+            "SELECT state, count(*) FROM materials GROUP BY state ORDER BY state"))
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every table, sorted: what `verify` compares with a fresh fold."""

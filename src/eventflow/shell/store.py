@@ -416,6 +416,10 @@ class LogBase:
                              ("stream >= ?", lo), ("stream < ?", hi),
                              ("recorded_at <= ?", until_time))
         sql = f"SELECT {FOLD_COLUMNS} FROM events WHERE {where} ORDER BY stream, version"
+        return self._stream(sql, args)
+
+    def _stream(self, sql: str, args: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """The rows of a long read that the caller consumes to the end before its next query."""
         return self.query(sql, args)
 
     # -- integrity --------------------------------------------------------------------------

@@ -232,6 +232,11 @@ class PostgresEventStore(LogBase):
         except self._psycopg.OperationalError as exc:
             raise EventflowError(f"{self.path}: lost the log's server: {_one_line(exc)}") from None
 
+    def _stream(self, sql: str, args: Sequence[Any]) -> Any:
+        # In chunks: the server sends the next rows while the caller folds these (a replay),
+        # and a million rows are never all in memory at once.
+        return self.db.cursor().stream(_pg(sql), args, size=2000)
+
     def _begin(self) -> None:
         # Held until COMMIT/ROLLBACK: appends are serialised, so seq order is commit order.
         # One round trip (a fixed text, our own constant: no parameters to bind).
