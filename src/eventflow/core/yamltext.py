@@ -16,6 +16,8 @@ from yaml.constructor import SafeConstructor
 from eventflow.errors import ConfigError
 
 Path = tuple[Any, ...]
+# libyaml's parser when PyYAML was built with it (the same safe constructor, ~10x faster).
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # path -> (source, 1-based line)
 Lines = dict[Path, tuple[str, int]]
 
@@ -23,8 +25,12 @@ Lines = dict[Path, tuple[str, int]]
 def load_with_lines(text: str, source: str) -> tuple[Any, Lines]:
     """The data in ``text`` and the line of each key and list item in it."""
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _SafeLoader(text)
+        try:  # one parse: the node tree (with marks) and the data constructed from it
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,13 @@ MAX_BYTES = 512 * 1024 * 1024
 
 def plugins() -> dict[str, Any]:
     """Code plugins by name: the built-in ones, plus any registered under ``eventflow.codes``."""
+    return dict(_plugins())
+
+
+@functools.cache
+def _plugins() -> dict[str, Any]:
+    # Looked up once per process: scanning the installed distributions' entry points took
+    # longer than parsing the output it was asked for.
     from importlib.metadata import entry_points
 
     found: dict[str, Any] = {}

@@ -184,13 +184,34 @@ def _types(atoms: Atoms) -> list[int]:
 
 
 def _dataset(cell: tuple, symprec: float, hall: int = 0) -> Any:
-    """spglib's dataset, or None when it finds none (spglib 2.5+ may raise instead)."""
+    """spglib's dataset, or None when it finds none (spglib 2.5+ may raise instead).
+
+    Memoised on the cell's exact numbers: every retry of a calculation renders the same
+    structure again, and spglib was the largest single cost of writing an input.
+    """
+    lattice, positions, types = (np.ascontiguousarray(part, dtype=float) for part in cell)
+    key = (lattice.tobytes(), positions.shape, positions.tobytes(), types.tobytes(),
+           float(symprec), int(hall))
+    return _dataset_of(key)
+
+
+@functools.lru_cache(maxsize=512)
+def _dataset_of(key: tuple) -> Any:
+    lattice_bytes, shape, position_bytes, type_bytes, symprec, hall = key
+    cell = (np.frombuffer(lattice_bytes).reshape(3, 3),
+            np.frombuffer(position_bytes).reshape(shape),
+            [int(t) for t in np.frombuffer(type_bytes)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # spglib's error-handling notice
         try:
-            return spglib.get_symmetry_dataset(cell, symprec=symprec, hall_number=hall)
+            dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, hall_number=hall)
         except Exception:  # spglib.error.SpglibError when OLD_ERROR_HANDLING is off
             return None
+    if dataset is not None:  # shared by every caller from now on: make it read-only
+        for value in vars(dataset).values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+    return dataset
 
 
 @functools.cache
