@@ -215,12 +215,19 @@ def _dataset_of(key: tuple) -> Any:
 
 
 @functools.cache
+def _spacegroup_type(hall: int) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # spglib's error-handling notice
+        return spglib.get_spacegroup_type(hall)
+
+
+@functools.cache
 def hall_number(space_group: int) -> int:
     """The Hall setting CRYSTAL uses for ``space_group`` (see the module docstring)."""
-    choices = [h for h in range(1, 531) if spglib.get_spacegroup_type(h).number == space_group]
+    choices = [h for h in range(1, 531) if _spacegroup_type(h).number == space_group]
     if space_group in TWO_ORIGIN_GROUPS:
         for h in choices:
-            if spglib.get_spacegroup_type(h).choice == "2":
+            if _spacegroup_type(h).choice == "2":
                 return h
     return choices[0]
 
@@ -237,7 +244,7 @@ class SymmetricCell:
 
     @property
     def centring(self) -> str:
-        symbol = spglib.get_spacegroup_type(self.hall_number).international_short
+        symbol = _spacegroup_type(self.hall_number).international_short
         return symbol[0]
 
 
