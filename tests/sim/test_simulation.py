@@ -5,15 +5,18 @@ parsers against a simulated SLURM cluster with injected faults (SimCluster: SLUR
 made to fail on cue, which is why it is simulated here; the real cluster is tested in
 tests/integration). A failing seed prints the command that replays it.
 
-Size: the real code costs about 70 ms of CPU per simulated job lifecycle (writing the job
-folder, parsing a real output, a few dozen appends and folds), so the ~1,000 lifecycles
-below take about a minute; 10,000 would take over ten (see docs/benchmarks.md, `make sim`).
+Size: at least 10,000 lifecycles under fixed seeds, run in one process per core (about
+23 ms of CPU per simulated job lifecycle: writing the job folder, parsing a real output, a
+few dozen appends and folds, the invariants after every step). `make sim` and
+bench/bench_sim.py run more (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -23,7 +26,8 @@ from eventflow.sim.corpus import Corpus
 from eventflow.sim.faults import RATES
 from eventflow.sim.invariants import Checker
 
-FIXED_SEEDS = range(1, 81)
+FIXED_SEEDS = range(1, 941)
+MIN_LIFECYCLES = 10_000
 RANDOM_SEEDS = [random.SystemRandom().randrange(2**32) for _ in range(3)]
 
 
@@ -39,15 +43,26 @@ def _run(seed: int, corpus: Corpus) -> tuple[int, Counter]:
     return result.lifecycles, result.faults
 
 
-def test_fixed_seeds_keep_every_invariant_and_inject_every_fault(corpus: Corpus) -> None:
+def _run_in_worker(seed: int) -> tuple[int, list[str], str, Counter]:
+    result = run_seed(seed)
+    return result.lifecycles, result.violations, result.replay_command(), result.faults
+
+
+def test_fixed_seeds_keep_every_invariant_and_inject_every_fault() -> None:
     lifecycles = 0
     faults: Counter[str] = Counter()
-    for seed in FIXED_SEEDS:
-        n, injected = _run(seed, corpus)
-        lifecycles += n
-        faults.update(injected)
+    broken: list[str] = []
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers) as pool:
+        for seed, (n, violations, replay, injected) in zip(
+                FIXED_SEEDS, pool.map(_run_in_worker, FIXED_SEEDS, chunksize=8), strict=True):
+            lifecycles += n
+            faults.update(injected)
+            if violations:
+                broken.append(f"seed {seed}: " + "; ".join(violations) + f"\n  replay: {replay}")
     print(f"{len(FIXED_SEEDS)} seeds, {lifecycles} lifecycles; faults: {dict(faults)}")
-    assert lifecycles >= 800
+    assert broken == []
+    assert lifecycles >= MIN_LIFECYCLES
     missing = [kind for kind in RATES if kind not in ("user_action", "scancel_fails")
                and faults[kind] == 0]
     assert missing == []  # every kind of fault happened at least once in the fixed set

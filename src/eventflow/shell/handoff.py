@@ -192,15 +192,31 @@ def final_structure(plugin: Any, result: Any) -> Any:
                  pbc=final.get("pbc", True))
 
 
+# Every attempt of every step starts from the material's initial file; ASE's CIF reader
+# took as long as writing the rest of the job folder. Keyed on the file's identity and mtime.
+_structures: dict[str, tuple[tuple[int, int, int], Any]] = {}
+
+
+def _read_structure(path: Path) -> Any:
+    """The structure in ``path`` (a private copy: callers may change it)."""
+    from ase.io import read
+
+    info = path.stat()
+    stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+    cached = _structures.get(str(path))
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, read(str(path)))
+        _structures[str(path)] = cached
+    return cached[1].copy()
+
+
 def structure_of(project: Project, plugin: Any, state: MaterialState, calc: CalcState | None,
                  initial: Path) -> Any:
     """The structure to start from: the prerequisite's final one if it printed one, else the
     initial file. Outputs print no starting magnetic moments, so those of the initial file
     are kept when the final structure has the same atoms in the same order (CRYSTAL's
     ATOMSPIN of an antiferromagnet must survive OPT -> SP)."""
-    from ase.io import read
-
-    start = read(str(initial))
+    start = _read_structure(initial)
     if calc is not None:
         output = project.root / calc.directory / plugin.main_output(calc.step)
         if output.is_file():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -185,13 +186,24 @@ def _structures(corpus: Corpus) -> Path:
     return corpus.root.parent / "structures"
 
 
+def _memory_folder() -> Path | None:
+    """A RAM-backed folder for the simulated project, where the system has one.
+
+    The simulation kills processes, never the machine, so the log's fsyncs buy nothing
+    here; on a disk they were 40% of the run's time. Anywhere else: the usual temp folder.
+    """
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def run_seed(seed: int, *, corpus: Corpus | None = None, materials: int | None = None,
              max_steps: int = 800, intensity: float = 1.0, workdir: Path | None = None,
              keep: bool = False, disabled: frozenset[str] = frozenset()) -> SimResult:
     """Run the history of ``seed``; return what happened and every invariant violated.
     ``disabled``: fault kinds that do not happen (their random draws still do)."""
     corpus = corpus or Corpus()
-    scratch = Path(tempfile.mkdtemp(prefix=f"eventflow-sim-{seed}-", dir=workdir))
+    scratch = Path(tempfile.mkdtemp(prefix=f"eventflow-sim-{seed}-",
+                                    dir=workdir or _memory_folder()))
     result = SimResult(seed)
     quiet = logging.getLogger("eventflow")
     level = quiet.level
