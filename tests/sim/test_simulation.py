@@ -97,3 +97,21 @@ def test_a_second_job_for_one_attempt_is_a_violation(corpus: Corpus, tmp_path) -
             cluster.jobs[job_id] = SimJob(job_id, "ef.x.m.SP.1", tmp_path, 0, 0, 0, "program",
                                           (1, "", {}), "pw.out", history=[(0, "PENDING")])
         assert any("has 2 scheduler jobs" in v for v in checker.step())
+
+
+def test_the_command_runs_until_enough_lifecycles_in_seed_order_with_workers(capsys) -> None:
+    """`eventflow-sim --lifecycles N --workers 2` (make sim-million) stops at the first seed
+    that brings the count to N, and reports the same seeds and counts as one process."""
+    from eventflow.sim.cli import main
+
+    assert main(["--first", "7", "--lifecycles", "25", "--workers", "2", "-v"]) == 0
+    parallel = capsys.readouterr().out
+    assert main(["--first", "7", "--lifecycles", "25", "-v"]) == 0
+    serial = capsys.readouterr().out
+    seeds = [line.split(":")[0] for line in serial.splitlines() if line.startswith("seed ")]
+    assert seeds[0] == "seed 7" and len(seeds) >= 2
+    counts = [int(line.split(": ")[1].split()[0]) for line in serial.splitlines()
+              if line.startswith("seed ")]
+    assert sum(counts) >= 25 and sum(counts[:-1]) < 25
+    assert ([line for line in parallel.splitlines() if line.startswith("seed ")]
+            == [line for line in serial.splitlines() if line.startswith("seed ")])
