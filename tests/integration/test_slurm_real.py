@@ -229,3 +229,17 @@ def test_auto_chooses_the_running_cluster(tmp_path: Path) -> None:
     assert isinstance(chosen, SlurmScheduler)
     assert chosen.ping()
     assert "scontrol ping answers" in why
+
+
+def test_asking_about_tens_of_thousands_of_jobs_stays_within_the_argument_limit(
+        slurm: SlurmScheduler, tmp_path: Path) -> None:
+    """Found by the soak (bench/soak.py's 100,000-material log): one squeue with the ids of
+    23,000 active jobs in its --jobs list failed with E2BIG ("Argument list too long") and
+    stopped the watcher's cycle. The ids now go in chunks; a real job among 30,000 ids
+    that SLURM does not know is still found, and every unknown one comes back unknown."""
+    job_id, _, _ = _submit(slurm, tmp_path, "many", [["true"]])
+    unknown = [str(n) for n in range(90_000_000, 90_030_000)]
+    states = slurm.states([*unknown[:15_000], job_id, *unknown[15_000:]])
+    assert len(states) == 30_001
+    assert states[job_id].state is not None
+    assert all(states[j].state is None for j in unknown)

@@ -363,7 +363,10 @@ class SlurmScheduler:
         """What accounting says about ``job_ids`` ({} when sacct does not work here)."""
         if not job_ids or not self.sacct_works:
             return {}
-        return self._sacct(f"--jobs={','.join(str(j) for j in job_ids)}")
+        known: dict[str, JobInfo] = {}
+        for chunk in _chunks([str(j) for j in job_ids]):
+            known.update(self._sacct(f"--jobs={','.join(chunk)}"))
+        return known
 
     def _with_exit_codes(self, jobs: dict[str, JobInfo]) -> dict[str, JobInfo]:
         """squeue knows no exit codes: ask scontrol about the jobs that have finished."""
@@ -381,7 +384,10 @@ class SlurmScheduler:
             return {}
         for job_id in ids:
             _check_slurm_id(job_id)
-        known = self._with_exit_codes(self._squeue(f"--jobs={','.join(ids)}"))
+        queued: dict[str, JobInfo] = {}
+        for chunk in _chunks(ids):
+            queued.update(self._squeue(f"--jobs={','.join(chunk)}"))
+        known = self._with_exit_codes(queued)
         known.update(self.sacct_states([j for j in ids if j not in known]))
         return {j: known.get(j, JobInfo(job_id=j)) for j in ids}
 
@@ -400,6 +406,15 @@ class SlurmScheduler:
         result = self._call("scancel", _check_slurm_id(str(job_id)))
         if result.returncode != 0 and "already completing or completed" not in result.stderr:
             raise SchedulerError(f"scancel {job_id}: {_one_line(result.stderr)}")
+
+
+# Job ids per squeue/sacct call: 23,000 active jobs in one --jobs= list overflowed the
+# kernel's argument limit (E2BIG) and stopped the watcher's cycle; 1,000 ids are ~8 kB.
+IDS_PER_CALL = 1000
+
+
+def _chunks(ids: list[str], size: int = IDS_PER_CALL) -> list[list[str]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def _check_slurm_id(job_id: str) -> str:
