@@ -8,6 +8,8 @@
 #                                   bench/bench_*.py accepts --quick)
 #   make sim [SIM_SEEDS=N SIM_FIRST=S]  deterministic simulation over N seeds from S
 #                                   (eventflow.sim; a failing seed prints its replay command)
+#   make soak [SOAK_MATERIALS=N]    N materials (default 1000) through the real SLURM cluster
+#                                   under chaos (bench/soak.py; not run by CI)
 #   make sim-million [SIM_WORKERS=N]  seeds from 1 until 1,000,000 simulated lifecycles
 #                                   (hours: about 40 lifecycles/s on 2 cores; progress on stderr)
 
@@ -15,12 +17,13 @@ PYTHON ?= python
 BENCH_ARGS ?=
 SIM_SEEDS ?= 1000
 SIM_FIRST ?= 1
+SOAK_MATERIALS ?= 1000
 SIM_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 BENCHES := $(sort $(wildcard bench/bench_*.py))
 
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: test lint bench bench-quick sim sim-million
+.PHONY: test lint bench bench-quick sim sim-million soak
 
 test:
 	$(PYTHON) -m pytest
@@ -43,3 +46,6 @@ sim:
 
 sim-million:
 	$(PYTHON) -m eventflow.sim --first 1 --lifecycles 1000000 --workers $(SIM_WORKERS)
+
+soak:
+	$(PYTHON) bench/soak.py --materials $(SOAK_MATERIALS)
