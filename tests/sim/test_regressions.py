@@ -134,3 +134,33 @@ def test_a_job_never_seen_running_that_left_no_record_can_be_judged_by_its_outpu
         would_accept(state, event)
         apply(state, ev.Recorded(n, "m", n, event, "2030-01-01T00:00:00.000000Z", {}))
     assert state.calcs["m/SP/1"].state == "completed"
+
+
+def test_a_watcher_whose_lock_was_taken_over_does_not_submit_again(tmp_path: Path) -> None:
+    """eventflow-sim --seed 308 (runner_interleaved): a watcher paused past the lock's
+    stale_after had its lock taken over; the new holder submitted the attempt, and when the
+    first resumed mid-cycle it called sbatch for the same attempt: two jobs. The runner now
+    checks the lock (ProjectLock.fence) right before sbatch and stops instead."""
+    import json
+
+    from eventflow.shell.lock import LockLost, ProjectLock
+
+    project = make_project(tmp_path, "local")
+    add(project, "m", ["true"])
+    scheduler = DiesAfterSbatch()
+    scheduler.die = False
+    with Tracker.open(project) as tracker:
+        lock = ProjectLock(tracker.project.lock_path)
+        assert lock.try_acquire("daemon")
+        runner = Runner(tracker, scheduler)
+        runner.fence = lock.fence
+        taken_over = {"host": "another-login-node", "pid": 4242, "role": "daemon"}
+        tracker.project.lock_path.write_text(json.dumps(taken_over))
+        with pytest.raises(LockLost, match="another-login-node"):
+            runner.cycle()
+        assert scheduler.jobs == {}  # no sbatch once the lock is someone else's
+        assert not lock.held
+        tracker.project.lock_path.unlink()
+        assert lock.try_acquire("daemon")  # ours again: the same attempt is submitted once
+        runner.cycle()
+        assert list(scheduler.jobs.values()) == [f"ef.{tracker.project.project_id}.m.SP.1"]

@@ -40,6 +40,10 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+class LockLost(EventflowError):
+    """Another process took the project lock over (ours looked stale): act no more."""
+
+
 class ProjectLock:
     def __init__(self, path: Path, *, stale_after: float = 120.0) -> None:
         self.path = path
@@ -107,6 +111,22 @@ class ProjectLock:
             if deadline is not None and time.monotonic() > deadline:
                 raise LockHeld(self.holder() or {})
             time.sleep(poll)
+
+    def fence(self) -> None:
+        """Raise LockLost unless this process still holds the lock.
+
+        A watcher paused past ``stale_after`` (a stopped process, a hung file system) has its
+        lock taken over; when it resumes mid-cycle it must not call sbatch for an attempt the
+        new holder may already have submitted. Called right before each sbatch: SLURM takes
+        no fencing token, so the window left is the one between this check and the call.
+        """
+        holder = self.holder()
+        if not (self.held and holder is not None and holder.get("pid") == os.getpid()
+                and holder.get("host") == socket.gethostname()):
+            self.held = False
+            raise LockLost(f"{self.path}: the project lock was taken over by "
+                           f"{(holder or {}).get('host')} pid {(holder or {}).get('pid')}; "
+                           "this watcher stops before its next submission")
 
     def heartbeat(self) -> None:
         if self.held:

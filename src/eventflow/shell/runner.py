@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ class Runner:
                                  timeout=float((cluster.get("scheduler") or {}).get(
                                      "command_timeout_s", 30)))
         self._plugins = plugins()
+        # Raises when this process no longer holds the project lock (shell.lock.fence); the
+        # watcher sets it. Checked right before sbatch, the one effect a retry cannot undo.
+        self.fence: Callable[[], None] = lambda: None
 
     # -- one cycle -----------------------------------------------------------------------------
     def cycle(self, *, reconcile: bool = True) -> CycleReport:
@@ -462,6 +466,7 @@ class Runner:
             return True
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
         _crash_point("before_sbatch")
+        self.fence()
         try:
             name = job_name(self.project.project_id, calc.id)
             job_id = scheduler.submit(script, name, script.parent)

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from eventflow.shell.api import Tracker
-from eventflow.shell.lock import LockHeld, ProjectLock
+from eventflow.shell.lock import LockHeld, LockLost, ProjectLock
 from eventflow.shell.runner import CycleReport, Runner
 
 log = logging.getLogger("eventflow.watcher")
@@ -97,6 +97,7 @@ def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = 
         time.sleep(poll)
     try:
         runner = Runner(tracker, scheduler)
+        runner.fence = lock.fence
         report = runner.cycle()
         while report.deferred:
             time.sleep(RECHECK_S)
@@ -182,10 +183,14 @@ class Watcher:
         observer = self._observer()
         observer.start()
         runner = Runner(self.tracker, self.scheduler)
+        runner.fence = lock.fence
         log.info("watching %s (%s)", self.tracker.project.calcs,
                  f"polling every {self.poll} s" if self.poll else "inotify")
         try:
             self._loop(runner, lock)
+        except LockLost as exc:
+            log.error("%s", exc)
+            return 1
         finally:
             observer.stop()
             observer.join(timeout=10)
@@ -233,6 +238,8 @@ class Watcher:
     def _cycle(runner: Runner, *, reconcile: bool) -> CycleReport | None:
         try:
             report = runner.cycle(reconcile=reconcile)
+        except LockLost:
+            raise  # another watcher holds the project now: this one must stop
         except Exception:  # keep watching: one bad file must not stop the watcher
             log.exception("cycle failed; retrying in %g s", RETRY_AFTER_ERROR_S)
             return None

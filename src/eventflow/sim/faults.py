@@ -36,6 +36,9 @@ RATES: dict[str, float] = {
     # processes
     "crash": 0.01,                   # the runner is killed at an effect (per effect)
     "user_action": 0.004,            # another process appends (hold/release/cancel/retry)
+    "runner_interleaved": 0.01,      # another runner's whole cycle runs between two effects
+                                     # of this one (a paused watcher whose stale lock was
+                                     # taken over resumes mid-cycle); needs 2 runners
 }
 
 

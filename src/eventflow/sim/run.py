@@ -27,6 +27,7 @@ import attrs
 from eventflow.errors import EventflowError
 from eventflow.shell import clock
 from eventflow.shell.api import Tracker
+from eventflow.shell.lock import LockLost
 from eventflow.shell.runner import Runner
 from eventflow.shell.scheduler import SchedulerError
 from eventflow.sim.cluster import SimClock, SimCluster
@@ -98,6 +99,12 @@ class _Process:
 
         self.runner.writer.write = write_with_effects  # type: ignore[method-assign]
 
+        def fence() -> None:  # the project lock, as shell.lock.ProjectLock.fence checks it
+            if world.lock_holder is not self:
+                raise LockLost("the project lock was taken over")
+
+        self.runner.fence = fence
+
     def restart(self) -> None:
         if self.tracker is not None:
             self.tracker.close()
@@ -118,6 +125,9 @@ class World:
                                   code_of=self._code_of)
         self.codes: dict[str, str] = {}
         self._busy = False  # inside another process's action: no nested effects
+        # Runs another runner's whole cycle (set by _run when the history has two runners).
+        self.interleave: Any = None
+        self.lock_holder: Any = None  # the _Process holding the project lock
         self.user: Tracker | None = None
         self.policy: Any = None
 
@@ -131,6 +141,15 @@ class World:
             return
         if self.dice.fault("user_action"):
             self._user_action()
+        # Not between the lock's fence and the sbatch it guards: that window is the time of
+        # one check, while a take-over needs the holder paused for the lock's stale_after.
+        if (self.interleave is not None and self.dice.fault("runner_interleaved")
+                and where != "before sbatch"):
+            self._busy = True  # the other runner's effects are plain (no nesting)
+            try:
+                self.interleave()
+            finally:
+                self._busy = False
         if self.crashing and self.dice.fault("crash"):
             raise Crash(where)
 
@@ -238,20 +257,40 @@ def _run(world: World, result: SimResult, max_steps: int) -> None:
     checker = Checker(Tracker.open(world.root, policy=world.policy), world.cluster)
     processes = [_Process(world) for _ in range(1 + int(dice.chance(0.5)))]
 
-    def one_cycle(step: int, reconcile: bool) -> None:
-        proc = processes[dice.rng.randrange(len(processes))]
+    current: list[_Process] = []
+
+    def run_cycle(proc: _Process, step: int, reconcile: bool, who: str) -> None:
         try:
             assert proc.runner is not None
             proc.runner.cycle(reconcile=reconcile)
         except Crash:
             result.crashes += 1
             proc.restart()
+        except LockLost:
+            proc.restart()  # the watcher stops; it (or another) starts again later
         except SchedulerError:
             pass  # the watcher logs it and tries again at its next cycle
         except Exception as exc:  # the watcher would go on; the simulation calls it a bug
-            result.violations.append(f"step {step}: the runner's cycle raised "
+            result.violations.append(f"step {step}: {who} cycle raised "
                                      f"{type(exc).__name__}: {exc}")
             proc.restart()
+
+    def one_cycle(step: int, reconcile: bool) -> None:
+        proc = processes[dice.rng.randrange(len(processes))]
+        current[:] = [proc]
+        world.lock_holder = proc  # a cycle runs under the project lock
+        run_cycle(proc, step, reconcile, "the runner's")
+        current.clear()
+
+    def interleave() -> None:
+        """Another runner's whole cycle, between two effects of the current one."""
+        others = [p for p in processes if p not in current]
+        if others:  # the current runner paused past stale_after: another takes the lock over
+            world.lock_holder = others[0]
+            run_cycle(others[0], step, dice.chance(0.6), "an interleaved runner's")
+
+    if len(processes) > 1:
+        world.interleave = interleave
 
     step = 0
     for step in range(max_steps):
