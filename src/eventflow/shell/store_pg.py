@@ -101,8 +101,9 @@ class PostgresEventStore(LogBase):
         try:
             self._open(create)
         except psycopg.errors.InsufficientPrivilege as exc:
+            denied = self._denied(exc)
             self.db.close()
-            raise self._denied(exc) from None
+            raise denied from None
         except BaseException:
             self.db.close()
             raise
@@ -126,8 +127,7 @@ class PostgresEventStore(LogBase):
         return self._lost(exc)
 
     def _denied(self, exc: BaseException) -> EventflowError:
-        user = self.db.info.user if not self.db.closed else "this role"
-        return EventflowError(f"{self.path}: role {user!r} lacks rights on the log "
+        return EventflowError(f"{self.path}: role {self.db.info.user!r} lacks rights on the log "
                               f"(grant it SELECT, INSERT on its tables): {_one_line(exc)}")
 
     def _open(self, create: bool) -> None:
