@@ -13,6 +13,7 @@ a service file), and ``path`` (what messages name) is the URL with any password 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -183,7 +184,9 @@ class PostgresEventStore(LogBase):
     def _rollback(self) -> None:
         self._in_transaction = False
         if not self.db.closed and not self.db.broken:
-            self.db.execute("ROLLBACK")
+            # Lost just now: the server undoes the transaction anyway; say one thing, not two.
+            with contextlib.suppress(self._psycopg.OperationalError):
+                self.db.execute("ROLLBACK")
 
     def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
         self._notify = True
