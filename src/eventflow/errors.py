@@ -41,3 +41,8 @@ class ProjectionStale(EventflowError):
 
 class IllegalTransition(EventflowError, ValueError):
     """An event that the lifecycle does not allow from the current state; nothing was appended."""
+
+
+class LogUnavailableError(EventflowError):
+    """The log's server cannot be reached, or the connection to it was lost; whatever
+    transaction was open is gone whole (nothing half-written). Retrying later may succeed."""

@@ -26,7 +26,7 @@ from eventflow.core import events as ev
 from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
-from eventflow.errors import EventflowError, IllegalTransition
+from eventflow.errors import EventflowError, IllegalTransition, LogUnavailableError
 from eventflow.shell import clock
 from eventflow.shell.api import Tracker
 from eventflow.shell.clusters import Clusters
@@ -370,6 +370,8 @@ class Runner:
                 log.warning("%s waits: %s", calc.id, exc,
                             extra={"material": state.id, "calculation": calc.id})
                 continue  # whether it was submitted is unknown until the cluster answers
+            except LogUnavailableError:
+                raise  # the log's server, not the step, failed: the watcher waits for it
             except EventflowError as exc:
                 self._submit_failed(state, calc, str(exc), report)
                 continue

@@ -161,6 +161,12 @@ class LogBase:
 
     path: Any
     _integrity_errors: tuple[type[BaseException], ...] = ()
+    # The driver's errors that ``_translated`` turns into an EventflowError (a lost server, a
+    # role without rights), for the statements a backend runs outside ``query``.
+    _driver_errors: tuple[type[BaseException], ...] = ()
+
+    def _translated(self, exc: BaseException) -> BaseException:
+        return exc
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> Any:
         raise NotImplementedError
@@ -258,6 +264,9 @@ class LogBase:
         except self._integrity_errors as exc:
             self._rollback()
             raise ConcurrencyError(f"append refused by the log: {exc}") from exc
+        except self._driver_errors as exc:  # a lost server, a role without rights: one line
+            self._rollback()
+            raise self._translated(exc) from None
         except BaseException:
             self._rollback()
             raise

@@ -23,6 +23,7 @@ a service file), and ``path`` (what messages name) is the URL with any password 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -33,7 +34,7 @@ from typing import Any
 import orjson
 
 from eventflow.core import events as ev
-from eventflow.errors import ConcurrencyError, EventflowError, LogTooNewError
+from eventflow.errors import ConcurrencyError, EventflowError, LogTooNewError, LogUnavailableError
 from eventflow.shell.store import (
     _CANONICAL,
     _ROW_COLUMNS,
@@ -188,16 +189,40 @@ class PostgresEventStore(LogBase):
         # append: the next one sends its hash computed for them (the server checks).
         self._head: tuple[int, str] | None = None
         self._versions_seen: dict[str, int] = {}
-        try:
-            self.db = psycopg.connect(url, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise EventflowError(f"{self.path}: cannot reach the log's server: "
-                                 f"{_one_line(exc)}") from None
+        self._in_transaction = False  # between _begin and _commit/_rollback
+        self._driver_errors = (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege)
+        self.db = self._connect()
         try:
             self._open(create)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            denied = self._denied(exc)
+            self.db.close()
+            raise denied from None
         except BaseException:
             self.db.close()
             raise
+
+    def _connect(self) -> Any:
+        try:
+            return self._psycopg.connect(self.url, autocommit=True)
+        except self._psycopg.OperationalError as exc:
+            raise LogUnavailableError(f"{self.path}: cannot reach the log's server: "
+                                      f"{_one_line(exc)}") from None
+
+    def _lost(self, exc: BaseException) -> LogUnavailableError:
+        """The connection broke: its open transaction (if any) is rolled back whole by the
+        server; the next statement outside a transaction connects again."""
+        return LogUnavailableError(f"{self.path}: lost the connection to the log's server "
+                                   f"(an open transaction is undone whole): {_one_line(exc)}")
+
+    def _translated(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, self._psycopg.errors.InsufficientPrivilege):
+            return self._denied(exc)
+        return self._lost(exc)
+
+    def _denied(self, exc: BaseException) -> EventflowError:
+        return EventflowError(f"{self.path}: role {self.db.info.user!r} lacks rights on the log "
+                              f"(grant it SELECT, INSERT on its tables): {_one_line(exc)}")
 
     def _open(self, create: bool) -> None:
         exists = self.db.execute("SELECT to_regclass('eventflow_schema') IS NOT NULL").fetchone()[0]
@@ -227,10 +252,17 @@ class PostgresEventStore(LogBase):
             self._listener.close()
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        if self.db.broken:  # lost earlier (a server restart, a terminated backend)
+            if self._in_transaction:  # never finish a transaction on another connection
+                raise self._lost(RuntimeError("the connection broke inside this transaction"))
+            self.db.close()
+            self.db = self._connect()  # outside a transaction: connect again
         try:
             return self.db.execute(_pg(sql), args)
         except self._psycopg.OperationalError as exc:
-            raise EventflowError(f"{self.path}: lost the log's server: {_one_line(exc)}") from None
+            raise self._lost(exc) from None
+        except self._psycopg.errors.InsufficientPrivilege as exc:
+            raise self._denied(exc) from None
 
     def _stream(self, sql: str, args: Sequence[Any]) -> Any:
         # In chunks: the server sends the next rows while the caller folds these (a replay),
@@ -242,14 +274,21 @@ class PostgresEventStore(LogBase):
         # One round trip (a fixed text, our own constant: no parameters to bind).
         self._notify = False
         self.query(_BEGIN_LOCKED)
+        self._in_transaction = True
 
     def _commit(self) -> None:
         # NOTIFY is delivered at COMMIT, to followers (tail -f); sent with it in one trip.
-        self.query("NOTIFY eventflow_appended; COMMIT" if self._notify else "COMMIT")
+        try:
+            self.query("NOTIFY eventflow_appended; COMMIT" if self._notify else "COMMIT")
+        finally:
+            self._in_transaction = False
 
     def _rollback(self) -> None:
+        self._in_transaction = False
         if not self.db.closed and not self.db.broken:
-            self.db.execute("ROLLBACK")
+            # Lost just now: the server undoes the transaction anyway; say one thing, not two.
+            with contextlib.suppress(self._psycopg.OperationalError):
+                self.db.execute("ROLLBACK")
 
     def append_many(
         self,
@@ -322,11 +361,17 @@ class PostgresEventStore(LogBase):
     def wait_for_append(self, timeout: float) -> None:
         """LISTEN (on a connection of its own, opened on first use) until an append's NOTIFY
         arrives or ``timeout`` passes: a follower wakes within milliseconds of a commit."""
-        if self._listener is None:
-            self._listener = self._psycopg.connect(self.url, autocommit=True)
-            self._listener.execute("LISTEN eventflow_appended")
-        for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-            pass
+        if self._listener is not None and self._listener.broken:
+            self._listener.close()  # the server restarted: listen again on a new connection
+            self._listener = None
+        try:
+            if self._listener is None:
+                self._listener = self._connect()
+                self._listener.execute("LISTEN eventflow_appended")
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                pass
+        except self._psycopg.OperationalError as exc:
+            raise self._lost(exc) from None
 
     def backup(self, dest: Path) -> None:
         raise EventflowError(

@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from eventflow.errors import LogUnavailableError
 from eventflow.shell.api import Tracker
 from eventflow.shell.lock import LockHeld, LockLost, ProjectLock
 from eventflow.shell.runner import CycleReport, Runner
@@ -32,6 +33,7 @@ LOG_BACKUPS = 5  # ... keeping this many old files (watcher.log.1 ... .5)
 HEARTBEAT_S = 20.0  # the daemon touches its lock this often (others call it stale after 120 s)
 RECHECK_S = 1.0  # a failed job waiting for the scheduler's verdict is looked at again this soon
 RETRY_AFTER_ERROR_S = 5.0  # a cycle that raised is tried again this soon
+LOG_WAIT_S = (0.5, 30.0)  # the log's server unreachable: first wait, doubling up to the last
 LOG_FILES = ("events.db", "events.db-wal")  # their changes: another process appended
 
 
@@ -122,6 +124,8 @@ class Watcher:
         self.wake = threading.Event()  # something changed: look (set by any watched change)
         self.record_seen = threading.Event()  # ... and it was a completion record
         self.stopping = threading.Event()
+        self._lost = False  # the log's server was unreachable; say when it answers again
+        self._log_wait = LOG_WAIT_S[0]  # how long to wait before asking it again
 
     def stop(self, *_: Any) -> None:
         self.stopping.set()
@@ -199,6 +203,24 @@ class Watcher:
         return 0
 
     def _loop(self, runner: Runner, lock: ProjectLock) -> None:
+        """``_watch`` until stopped; while the log's server is unreachable (a PostgreSQL log
+        whose server restarts), wait for it with a doubling backoff, one line per try, and
+        then carry on: the interrupted transaction was undone whole, and ``_watch`` starts
+        over with a full cycle (reconciling), so nothing that happened meanwhile is missed."""
+        while not self.stopping.is_set():
+            try:
+                self._watch(runner, lock)
+                return
+            except LogUnavailableError as exc:
+                wait = self._log_wait
+                log.warning("waiting for the log's server (retrying in %g s): %s", wait, exc)
+                lock.heartbeat()
+                if self.stopping.wait(wait):
+                    return
+                self._log_wait = min(2 * wait, LOG_WAIT_S[1])
+                self._lost = True
+
+    def _watch(self, runner: Runner, lock: ProjectLock) -> None:
         """Cycle on every file event, ask the scheduler every ``reconcile`` seconds, and keep
         the lock's heartbeat going in between, until stopped."""
         next_reconcile = 0.0  # the first cycle reconciles at once
@@ -214,6 +236,9 @@ class Watcher:
                 by_record = self.record_seen.is_set()
                 self.record_seen.clear()
                 seq = store.last_seq()
+                if self._lost:
+                    self._lost, self._log_wait = False, LOG_WAIT_S[0]
+                    log.info("the log's server answers again (last seq %d)", seq)
                 # A wake by the log alone: only if it grew since the last cycle began (so our
                 # own appends cost one quiet cycle, and the log's checkpoints none).
                 if not (due or retry or by_record or seq != seen_seq):
@@ -240,6 +265,8 @@ class Watcher:
             report = runner.cycle(reconcile=reconcile)
         except LockLost:
             raise  # another watcher holds the project now: this one must stop
+        except LogUnavailableError:
+            raise  # _loop waits for the server
         except Exception:  # keep watching: one bad file must not stop the watcher
             log.exception("cycle failed; retrying in %g s", RETRY_AFTER_ERROR_S)
             return None
