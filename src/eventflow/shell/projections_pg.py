@@ -155,6 +155,13 @@ class PostgresProjections(Projections):
                         conn.execute(_STATE_TABLE)
                         for sql in _create(""):
                             conn.execute(sql)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            user = conn.info.user
+            conn.close()
+            raise EventflowError(
+                f"{self.path}: role {user!r} may not make the projection tables "
+                f"beside the log (the log's owner makes them at its first status or replay): "
+                f"{_one_line(exc)}") from None
         except BaseException:
             conn.close()
             raise
