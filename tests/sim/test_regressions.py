@@ -164,3 +164,30 @@ def test_a_watcher_whose_lock_was_taken_over_does_not_submit_again(tmp_path: Pat
         assert lock.try_acquire("daemon")  # ours again: the same attempt is submitted once
         runner.cycle()
         assert list(scheduler.jobs.values()) == [f"ef.{tracker.project.project_id}.m.SP.1"]
+
+
+def test_a_job_given_up_as_unpreparable_does_not_stop_the_other_submissions(
+        tmp_path: Path) -> None:
+    """The give-up branch of Runner._submit returned None, which its caller reads as "the
+    cluster did not answer": one job whose folder could never be written stopped every other
+    submission to that cluster for the rest of the cycle."""
+    from eventflow.shell import clock
+    from eventflow.shell.runner import PREPARE_TRIES
+
+    project = make_project(tmp_path, "local")
+    add(project, "m", ["true"])
+    (project / "calcs" / "m" / "SP").mkdir(parents=True)
+    (project / "calcs" / "m" / "SP" / "1").write_text("not a folder")
+    scheduler = DiesAfterSbatch()
+    scheduler.die = False
+    now = [clock.now()]
+    with clock.using(lambda: now[0]), Tracker.open(project) as tracker:
+        runner = Runner(tracker, scheduler)
+        for _ in range(PREPARE_TRIES - 1):
+            runner.cycle()
+            now[0] += 4000  # past the submission back-off
+        add(project, "z", ["true"])  # pending in the cycle where m is given up
+        runner.cycle()
+        assert tracker.state("m").calcs["m/SP/1"].state == "failed"
+        assert tracker.state("z").calcs["z/SP/1"].state == "submitted"
+    assert list(scheduler.jobs.values()) == [f"ef.{tracker.project.project_id}.z.SP.1"]

@@ -463,7 +463,7 @@ class Runner:
                     calc.id, "input_error", [{"line": 0, "text": text}], "eventflow")],
                     key=f"unpreparable:{calc.id}")
                 report.submit_failures += 1
-                return
+                return True  # the cluster answered: only this job is given up
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
             return True
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
