@@ -84,6 +84,17 @@ def test_a_held_material_gets_no_new_submission(tmp_path: Path) -> None:
     assert scheduler.jobs == {}
 
 
+def _project_whose_job_folder_cannot_be_made(tmp_path: Path) -> tuple[Path, DiesAfterSbatch]:
+    """Material m, whose job folder's place is taken by a file; and a scheduler that works."""
+    project = make_project(tmp_path, "local")
+    add(project, "m", ["true"])
+    (project / "calcs" / "m" / "SP").mkdir(parents=True)
+    (project / "calcs" / "m" / "SP" / "1").write_text("not a folder")
+    scheduler = DiesAfterSbatch()
+    scheduler.die = False
+    return project, scheduler
+
+
 def test_a_job_that_can_never_be_prepared_fails_its_attempt_instead_of_retrying_for_ever(
         tmp_path: Path) -> None:
     """eventflow-sim --seed 2: a CRYSTAL BAND retry after a time limit carries GUESSP, which a
@@ -93,12 +104,7 @@ def test_a_job_that_can_never_be_prepared_fails_its_attempt_instead_of_retrying_
     from eventflow.shell import clock
     from eventflow.shell.runner import PREPARE_TRIES
 
-    project = make_project(tmp_path, "local")
-    add(project, "m", ["true"])
-    (project / "calcs" / "m" / "SP").mkdir(parents=True)
-    (project / "calcs" / "m" / "SP" / "1").write_text("not a folder")
-    scheduler = DiesAfterSbatch()
-    scheduler.die = False
+    project, scheduler = _project_whose_job_folder_cannot_be_made(tmp_path)
     now = [clock.now()]
     with clock.using(lambda: now[0]), Tracker.open(project) as tracker:
         runner = Runner(tracker, scheduler)
@@ -174,12 +180,7 @@ def test_a_job_given_up_as_unpreparable_does_not_stop_the_other_submissions(
     from eventflow.shell import clock
     from eventflow.shell.runner import PREPARE_TRIES
 
-    project = make_project(tmp_path, "local")
-    add(project, "m", ["true"])
-    (project / "calcs" / "m" / "SP").mkdir(parents=True)
-    (project / "calcs" / "m" / "SP" / "1").write_text("not a folder")
-    scheduler = DiesAfterSbatch()
-    scheduler.die = False
+    project, scheduler = _project_whose_job_folder_cannot_be_made(tmp_path)
     now = [clock.now()]
     with clock.using(lambda: now[0]), Tracker.open(project) as tracker:
         runner = Runner(tracker, scheduler)
