@@ -1,4 +1,5 @@
-"""A real PostgreSQL restart while `eventflow watch` and 4 appender processes run on its log.
+"""A real PostgreSQL restart while `eventflow watch` and 4 appender processes run on its log;
+and a real full disk under the server (a small tmpfs).
 
 The server is a private one (scripts/local-postgres with its own folder), not the shared test
 server: it is stopped (``pg_ctl -m fast``) and started again mid-run. Afterwards every
@@ -77,6 +78,59 @@ def private_server(postgres_server: str | None) -> Iterator[tuple[Path, str]]:
     finally:
         _local_postgres(state, "stop")
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def server_on_a_small_disk(postgres_server: str | None) -> Iterator[tuple[Path, str]]:
+    """A private server whose folder is a 120 MB tmpfs (its folder, its URL)."""
+    require(postgres_server is not None and os.geteuid() == 0,
+            "a private PostgreSQL server on a tmpfs needs PostgreSQL installed and root "
+            "(scripts/local-postgres start)")
+    state = Path(tempfile.mkdtemp(prefix="eventflow-pg-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(state)],
+                   check=True, timeout=60)
+    try:
+        state.chmod(0o755)
+        started = _local_postgres(state, "start")
+        assert started.returncode == 0, started.stderr
+        yield state, started.stdout.strip().splitlines()[-1]
+    finally:
+        _local_postgres(state, "stop")
+        subprocess.run(["umount", str(state)], check=False, timeout=60)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_full_disk_refuses_a_batch_whole_and_the_log_goes_on_when_there_is_room(
+        server_on_a_small_disk: tuple[Path, str]) -> None:
+    """The server's disk fills up (a filler file takes the tmpfs's last byte), then a batch
+    of 50,000 events is appended: one line saying the server has no disk space, nothing of
+    the batch in the log; once the filler is gone the same store appends again."""
+    from eventflow.errors import LogUnavailableError
+    from eventflow.shell.store import NewEvent
+
+    state, url = server_on_a_small_disk
+    store = open_store(url, create=True)
+    try:
+        store.append_many([NewEvent(f"a{i}", ev.MaterialRegistered(f"a{i}", "Si2", "before"))
+                           for i in range(100)])
+        filler = state / "filler"
+        with filler.open("wb") as handle, pytest.raises(OSError, match="No space left"):
+            while True:
+                handle.write(b"\0" * (1 << 20))
+                handle.flush()
+                os.fsync(handle.fileno())
+        batch = [NewEvent(f"b{i}", ev.MaterialRegistered(f"b{i}", "Si2", "x" * 500))
+                 for i in range(50_000)]
+        with pytest.raises(LogUnavailableError, match="no disk space left") as refused:
+            store.append_many(batch)
+        assert "\n" not in str(refused.value) and "host=" in str(refused.value)
+        filler.unlink()
+        assert store.last_seq() == 100 and store.verify_chain() == (100, [])
+        store.append_many([NewEvent(f"c{i}", ev.MaterialRegistered(f"c{i}", "Si2", "after"))
+                           for i in range(10)])
+        assert store.last_seq() == 110 and store.verify_chain() == (110, [])
+    finally:
+        store.close()
 
 
 def _lines(path: Path) -> list[str]:

@@ -47,6 +47,8 @@ from eventflow.shell.store import (
     utc_now,
 )
 
+DISK_FULL = "53100"  # SQLSTATE disk_full
+
 # Any fixed number: eventflow's lock, the same in every process and on every host.
 APPEND_LOCK = 0x6576_666C_6F77  # "evflow"
 
@@ -212,6 +214,11 @@ class PostgresEventStore(LogBase):
     def _lost(self, exc: BaseException) -> LogUnavailableError:
         """The connection broke: its open transaction (if any) is rolled back whole by the
         server; the next statement outside a transaction connects again."""
+        if getattr(exc, "sqlstate", None) == DISK_FULL:
+            # The server is up and undid the statement's transaction: say what it lacks.
+            return LogUnavailableError(f"{self.path}: the log's server has no disk space left "
+                                       f"(nothing of this transaction was written; free space "
+                                       f"and retry): {_one_line(exc)}")
         return LogUnavailableError(f"{self.path}: lost the connection to the log's server "
                                    f"(an open transaction is undone whole): {_one_line(exc)}")
 
