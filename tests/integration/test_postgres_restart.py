@@ -10,6 +10,7 @@ here asserts how long anything took; every wait has a generous upper bound.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -63,41 +64,41 @@ def _local_postgres(state: Path, verb: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.fixture
-def private_server(postgres_server: str | None) -> Iterator[tuple[Path, str]]:
-    """A PostgreSQL server of this test's own (its folder, its URL), removed after."""
+@contextlib.contextmanager
+def _private_server(postgres_server: str | None, disk: str | None = None
+                    ) -> Iterator[tuple[Path, str]]:
+    """A PostgreSQL server of the test's own (its folder, its URL), removed after; with
+    ``disk``, its folder is a tmpfs of that size."""
     require(postgres_server is not None and os.geteuid() == 0,
             "a private PostgreSQL server needs PostgreSQL installed and root "
             "(scripts/local-postgres start)")
     # Not under pytest's tmp_path: the server runs as `postgres`, which must reach the folder.
     state = Path(tempfile.mkdtemp(prefix="eventflow-pg-", dir="/tmp"))
+    if disk is not None:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={disk}", "tmpfs", str(state)],
+                       check=True, timeout=60)
+        state.chmod(0o755)
     try:
         started = _local_postgres(state, "start")
         assert started.returncode == 0, started.stderr
         yield state, started.stdout.strip().splitlines()[-1]
     finally:
         _local_postgres(state, "stop")
+        if disk is not None:
+            subprocess.run(["umount", str(state)], check=False, timeout=60)
         shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
+def private_server(postgres_server: str | None) -> Iterator[tuple[Path, str]]:
+    with _private_server(postgres_server) as server:
+        yield server
+
+
+@pytest.fixture
 def server_on_a_small_disk(postgres_server: str | None) -> Iterator[tuple[Path, str]]:
-    """A private server whose folder is a 120 MB tmpfs (its folder, its URL)."""
-    require(postgres_server is not None and os.geteuid() == 0,
-            "a private PostgreSQL server on a tmpfs needs PostgreSQL installed and root "
-            "(scripts/local-postgres start)")
-    state = Path(tempfile.mkdtemp(prefix="eventflow-pg-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(state)],
-                   check=True, timeout=60)
-    try:
-        state.chmod(0o755)
-        started = _local_postgres(state, "start")
-        assert started.returncode == 0, started.stderr
-        yield state, started.stdout.strip().splitlines()[-1]
-    finally:
-        _local_postgres(state, "stop")
-        subprocess.run(["umount", str(state)], check=False, timeout=60)
-        shutil.rmtree(state, ignore_errors=True)
+    with _private_server(postgres_server, disk="120m") as server:
+        yield server
 
 
 def test_a_full_disk_refuses_a_batch_whole_and_the_log_goes_on_when_there_is_room(
