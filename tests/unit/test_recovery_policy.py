@@ -768,3 +768,22 @@ def test_success_whose_next_steps_were_never_requested_goes_on_at_the_tick() -> 
     assert requests(m.tick(m.now())) == follow
     assert m.latest("B").state == "requested"
     assert m.tick(m.now()) == []
+
+
+def test_a_give_up_whose_escalation_was_never_recorded_is_escalated_with_the_retry_hint() -> None:
+    """Found by the property test (a rare configuration): a step given up with nothing after
+    it, the runner dying before NeedsAttention; the tick made the escalation again from the
+    decision's reason alone, which told the user neither that nothing follows nor how to
+    retry. It now says what the first escalation said."""
+    text = DEFAULTS_TEXT.replace("  charge_wrong:\n", "  charge_wrong:\n    exhausted: give_up\n")
+    m = Material(policy(load_recovery_text(text)))
+    m.run()
+    cid = m.latest().id
+    rec = m.append(ev.CalculationFailed(cid, "charge_wrong", [], "test/1"), "watcher")
+    decided = decide(m.state, rec, m.config)
+    assert [type(c) for c in decided] == [cmd.RecordRecovery, cmd.Escalate]
+    m.record(decided[:1], rec.recorded_at)
+    (again,) = m.tick(m.now())
+    assert isinstance(again, cmd.Escalate)
+    assert again.reason == decided[1].reason
+    assert "eventflow retry" in again.reason and "Nothing in the workflow runs" in again.reason

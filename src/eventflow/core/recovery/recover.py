@@ -131,11 +131,13 @@ def _give_up(state: Any, calc: Any, kind: str, why: str, instructions: str,
     decision = ev.RecoveryDecided(calc.id, kind, "give_up", None, {}, {}, reason)
     workflow = config.workflows.get(state.workflow)
     follow = advance(_WithDecision(state, calc, decision), workflow) if workflow else []
-    if follow:
-        return [record, *follow]
-    reason += " Nothing in the workflow runs after this step fails. "
-    return [record, cmd.Escalate(state.id, reason + _instructions(state, calc, instructions),
-                                 calc.id)]
+    return [record, *(follow or [_nothing_follows(state, calc, reason, instructions)])]
+
+
+def _nothing_follows(state: Any, calc: Any, reason: str, instructions: str = "") -> cmd.Escalate:
+    """A given-up step after which the workflow runs nothing: a human decides, told how."""
+    return cmd.Escalate(state.id, f"{reason} Nothing in the workflow runs after this step "
+                        f"fails. {_instructions(state, calc, instructions)}", calc.id)
 
 
 class _WithDecision:
@@ -210,7 +212,9 @@ def due(state: Any, now: str, config: Any) -> list[cmd.Command]:
         elif decision is not None and decision.action == "give_up":
             workflow = config.workflows.get(state.workflow)
             follow = advance(state, workflow) if workflow else []
-            out += follow or [cmd.Escalate(state.id, decision.reason, calc.id)]
+            rule = config.recovery.rule_for(state.code, decision.error_kind)
+            out += follow or [_nothing_follows(state, calc, decision.reason,
+                                               rule.instructions if rule else "")]
     if not out and state.state == "ready":
         # A step succeeded but what it leads to was never recorded: the workflow goes on.
         workflow = config.workflows.get(state.workflow)
