@@ -239,6 +239,12 @@ def test_an_unreachable_cluster_delays_submission_and_work_resumes_when_it_answe
         assert t.state(mid).state != "waiting" and t.state(mid).reason == ""
     assert len(jobs) == 3 and len(set(jobs)) == 3 and None not in jobs
     assert eventflow(project, "verify").returncode == 0
+    # show names the cluster each job ran on, from its submission.
+    import json
+    for material, where in ((mid, "loop"), (here, "slurm")):
+        shown = json.loads(eventflow(project, "show", material, "--json").stdout)
+        assert [c["cluster"] for c in shown["calculations"]] == [where]
+    assert "loop" in eventflow(project, "show", mid).stdout
 
 
 def test_an_upload_that_does_not_match_its_checksums_is_not_submitted(tmp_path: Path) -> None:
