@@ -220,6 +220,12 @@ def test_an_unreachable_cluster_delays_submission_and_work_resumes_when_it_answe
     assert report.submit_failures == 1 and report.submitted == 1
     failed = count(project, "SubmissionFailed", '%loop%')
     assert failed == 1  # the reason names the cluster
+    # While its cluster is down the material waits, with the reason (not failed, not lost).
+    with Tracker.open(project) as t:
+        down = t.state(mid)
+        assert t.state(here).state == "running"
+    assert down.state == "waiting" and "submission failed" in down.reason
+    assert "loop" in down.reason
     with Tracker.open(project) as t:  # the cluster answers again (its address corrected)
         clusters.remove(t, "loop")
         clusters.add(t, _cluster("loop", remote))
@@ -228,6 +234,17 @@ def test_an_unreachable_cluster_delays_submission_and_work_resumes_when_it_answe
     _cycle_until(project, "CalculationSucceeded", at_least=3)
     assert count(project, "CalculationSucceeded") == 3
     assert count(project, "JobSubmitted") == 3
+    with Tracker.open(project) as t:  # every job once, and the material no longer waits
+        jobs = [c.job_id for m in (mid, other, here) for c in t.state(m).calcs.values()]
+        assert t.state(mid).state != "waiting" and t.state(mid).reason == ""
+    assert len(jobs) == 3 and len(set(jobs)) == 3 and None not in jobs
+    assert eventflow(project, "verify").returncode == 0
+    # show names the cluster each job ran on, from its submission.
+    import json
+    for material, where in ((mid, "loop"), (here, "slurm")):
+        shown = json.loads(eventflow(project, "show", material, "--json").stdout)
+        assert [c["cluster"] for c in shown["calculations"]] == [where]
+    assert "loop" in eventflow(project, "show", mid).stdout
 
 
 def test_an_upload_that_does_not_match_its_checksums_is_not_submitted(tmp_path: Path) -> None:

@@ -132,3 +132,10 @@ def test_a_live_display_ends_its_line_in_a_pipe() -> None:
 
 def render_table(title: str) -> Any:
     return fitted(title, [Column("a")], [["1"]], 80)
+
+
+def test_show_table_names_the_cluster_each_job_ran_on() -> None:
+    calcs = [{**CALCS[0], "cluster": "hpc-west"}]
+    text = render(cli._calculations_table(calcs, 80), 80)
+    assert "cluster" in text and "hpc-west" in text
+    assert "hpc-west" not in render(cli._calculations_table(CALCS, 80), 80)

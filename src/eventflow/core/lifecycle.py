@@ -53,6 +53,17 @@ MATERIAL_TRANSITIONS: tuple[dict[str, Any], ...] = (
         )
     ),
     {"trigger": "WaitScheduled", "source": ["ready", "running", "waiting"], "dest": "waiting"},
+    # A submission that failed (an unreachable cluster, a refusing sbatch) leaves the material
+    # waiting for its retry, with the reason; the submission that then succeeds resumes it.
+    {"trigger": "SubmissionFailed", "source": ["running", "waiting"], "dest": "waiting"},
+    {"trigger": "SubmissionFailed",
+     "source": ["registered", "ready", "held", "needs_attention", "completed", "cancelled"],
+     "dest": "="},
+    {"trigger": "JobSubmitted", "source": "waiting", "dest": "running"},
+    {"trigger": "JobSubmitted",
+     "source": ["registered", "ready", "running", "held", "needs_attention", "completed",
+                "cancelled"],
+     "dest": "="},
     {"trigger": "NeedsAttention", "source": list(_NOT_FINAL), "dest": "needs_attention"},
     {"trigger": "MaterialHeld", "source": list(_NOT_FINAL), "dest": "held"},
     {"trigger": "MaterialReleased", "source": "held", "dest": "ready"},

@@ -234,10 +234,14 @@ def _requested(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> No
 
 def _submitted(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
     calc.job_id, calc.scheduler = e.job_id, e.scheduler
+    if state.state == "waiting" and state.wait_until is None:
+        state.reason = ""  # the failed submission's reason no longer holds
 
 
 def _submit_failed(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
     calc.submit_failures += 1
+    if state.state in ("running", "waiting"):
+        state.reason = f"submission failed: {e.message}"[:500]
 
 
 def _started(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:

@@ -132,6 +132,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         props = tracker.projections.properties(mid)
         errors = tracker.projections.errors(mid)
         history = [_event_dict(r) for r in tracker.store.read(stream=mid)]
+        # The cluster each job ran on, as its submission recorded it.
+        cluster = {h["data"].get("calculation_id"): h["data"].get("scheduler") or ""
+                   for h in history if h["type"] == "JobSubmitted"}
+        calcs = [{**c, "cluster": cluster.get(c["id"], "")} for c in calcs]
         if args.json:
             _print_json({"material": material, "calculations": calcs, "properties": props,
                          "errors": errors, "events": history})
@@ -159,10 +163,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _calculations_table(calcs: list[dict[str, Any]], width: int) -> Any:
     from eventflow.shell.tables import Column, fitted
 
-    columns = [Column("calculation"), Column("state"), Column("job"),
+    columns = [Column("calculation"), Column("state"), Column("cluster"), Column("job"),
                Column("error", text=True), Column("finished"),
                Column("requested", optional=True)]
-    cells = [[c["id"], c["state"], c["job_id"] or "", c["error_kind"] or "",
+    cells = [[c["id"], c["state"], c.get("cluster") or "", c["job_id"] or "",
+              c["error_kind"] or "",
               (c["finished_at"] or "")[:19], (c["requested_at"] or "")[:19]] for c in calcs]
     return fitted("calculations", columns, cells, width)
 
