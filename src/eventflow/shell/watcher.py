@@ -15,7 +15,6 @@ import logging.handlers
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
