@@ -15,6 +15,7 @@ import logging.handlers
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
