@@ -30,14 +30,23 @@ class LockHeld(EventflowError, RuntimeError):
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this host has this pid."""
+    """Whether a process of this host has this pid. A zombie (killed, not yet reaped by its
+    parent) is not alive: it will never release what it holds, and os.kill still reaches it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (not Linux) or gone just now: os.kill had the last word
+    return stat[stat.rfind(")") + 2:].startswith("Z")
 
 
 class LockLost(EventflowError):
