@@ -374,6 +374,24 @@ def test_a_user_retry_is_not_counted_as_an_automatic_recovery() -> None:
                              "electrons.startingpot": "file"}
 
 
+def test_a_retry_out_of_needs_attention_drops_the_old_reason() -> None:
+    """Regression: status showed a retried, running material with the failure reason that
+    had made it need attention."""
+    m = Material(policy())
+    m.fail("input_error")
+    assert m.state.state == "needs_attention" and m.state.reason
+    m.feed(ev.SubmissionRequested("m1/SP/2", "SP", 2, reason="user retry"), actor="user")
+    assert (m.state.state, m.state.reason) == ("running", "")
+
+
+def test_a_request_for_a_held_material_keeps_why_it_is_held() -> None:
+    m = Material(policy())
+    m.fail("input_error")
+    m.feed(ev.MaterialHeld("held by a user for a check"), actor="user")
+    m.feed(ev.SubmissionRequested("m1/SP/2", "SP", 2, reason="user retry"), actor="user")
+    assert (m.state.state, m.state.reason) == ("held", "held by a user for a check")
+
+
 def test_give_up_lets_the_after_failed_step_run() -> None:
     text = DEFAULTS_TEXT.replace("  charge_wrong:\n", "  charge_wrong:\n    exhausted: give_up\n")
     wf = {"fb": Workflow("fb", {"SP": StepDef("SP"),
