@@ -101,6 +101,38 @@ def unreplayable(log: Path, seq: int, type_: str, stream: str, exc: Exception) -
     return EventflowError(f"{log}: seq {seq} ({type_} of {stream}) cannot be replayed: {exc}")
 
 
+def folded_batches(store: LogBase, lo: str | None, hi: str | None, last: int,
+                   until_time: str | None, batch: int) -> Iterator[list[MaterialState]]:
+    """Fold the streams ``lo <= id < hi`` (in stream order, up to ``last``/``until_time``)
+    and yield their final states ``batch`` materials at a time, so memory does not grow with
+    the log. The list yielded is reused: take its rows before asking for the next one."""
+    rows = store.read_streams(lo=lo, hi=hi, until_seq=last, until_time=until_time)
+    done: list[MaterialState] = []
+    state: MaterialState | None = None
+    decode = ev.decode_json
+    seq = 0
+    type_ = stream = ""
+    try:
+        for seq, stream, version, type_, sv, data, at in rows:
+            if state is None or stream != state.id:
+                if state is not None:
+                    done.append(state)
+                    if len(done) >= batch:
+                        yield done
+                        done.clear()
+                state = MaterialState(stream)
+            apply_event(state, decode(type_, sv, data), seq, version, at)
+    except (ev.UnknownEventError, IllegalTransition) as exc:
+        raise unreplayable(store.path, seq, type_, stream, exc) from None
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()  # a stream left midway would keep the log's connection busy
+    if state is not None:
+        done.append(state)
+    yield done
+
+
 def _material_rows(states: Iterable[MaterialState]) -> Iterator[tuple[Any, ...]]:
     for s in states:
         yield (s.id, s.formula, s.workflow, s.code, s.state, s.current_step, len(s.calcs),

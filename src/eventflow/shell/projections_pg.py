@@ -34,10 +34,15 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from eventflow.core import events as ev
-from eventflow.core.state import MaterialState, apply_event
-from eventflow.errors import EventflowError, IllegalTransition
-from eventflow.shell.projections import ROW_MAKERS, TABLES, Projections, gc_paused, unreplayable
+from eventflow.core.state import MaterialState
+from eventflow.errors import EventflowError
+from eventflow.shell.projections import (
+    ROW_MAKERS,
+    TABLES,
+    Projections,
+    folded_batches,
+    gc_paused,
+)
 from eventflow.shell.store import LogBase
 from eventflow.shell.store_pg import _one_line, _pg, _psycopg, redacted
 
@@ -275,31 +280,9 @@ def _drop_new(conn: Any) -> None:
 
 def _fold_copy(conn: Any, store: LogBase, lo: str | None, hi: str | None, last: int,
                until_time: str | None) -> None:
-    """Fold the streams ``lo <= id < hi`` (in stream order) and COPY their rows into the new
-    tables, ``FLUSH_EVERY`` materials at a time: memory does not grow with the log."""
-    rows = store.read_streams(lo=lo, hi=hi, until_seq=last, until_time=until_time)
-    done: list[MaterialState] = []
-    state: MaterialState | None = None
-    decode = ev.decode_json
-    seq = 0
-    type_ = stream = ""
-    try:
-        for seq, stream, version, type_, sv, data, at in rows:
-            if state is None or stream != state.id:
-                if state is not None:
-                    done.append(state)
-                    if len(done) >= FLUSH_EVERY:
-                        _copy(conn, NEW, done)
-                        done.clear()
-                state = MaterialState(stream)
-            apply_event(state, decode(type_, sv, data), seq, version, at)
-    except (ev.UnknownEventError, IllegalTransition) as exc:
-        raise unreplayable(store.path, seq, type_, stream, exc) from None
-    finally:
-        rows.close()  # a stream left midway would keep the log's connection busy
-    if state is not None:
-        done.append(state)
-    _copy(conn, NEW, done)
+    """Fold the streams ``lo <= id < hi`` and COPY their rows into the new tables."""
+    for done in folded_batches(store, lo, hi, last, until_time, FLUSH_EVERY):
+        _copy(conn, NEW, done)
 
 
 def _copy(conn: Any, suffix: str, states: list[MaterialState]) -> None:

@@ -26,9 +26,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from eventflow.core import events as ev
-from eventflow.core.state import MaterialState, apply_event
-from eventflow.errors import EventflowError, IllegalTransition
+from eventflow.core.state import MaterialState
+from eventflow.errors import EventflowError
 from eventflow.resources import data_text
 from eventflow.shell.lock import process_alive
 from eventflow.shell.projections import (
@@ -36,8 +35,8 @@ from eventflow.shell.projections import (
     ROW_MAKERS,
     TABLES,
     Projections,
+    folded_batches,
     gc_paused,
-    unreplayable,
 )
 from eventflow.shell.store import LogBase, open_store
 
@@ -122,26 +121,8 @@ def fold_range(
 
 def _fold_into(db: sqlite3.Connection, store: LogBase, lo: str | None, hi: str | None,
                last: int, until_time: str | None) -> int:
-    rows = store.read_streams(lo=lo, hi=hi, until_seq=last, until_time=until_time)
-    done: list[MaterialState] = []
-    state: MaterialState | None = None
-    decode = ev.decode_json
-    count = seq = 0
-    type_ = stream = ""
-    try:
-        for seq, stream, version, type_, sv, data, at in rows:
-            if state is None or stream != state.id:
-                if state is not None:
-                    done.append(state)
-                    if len(done) >= FLUSH_EVERY:
-                        count += _insert(db, done)
-                state = MaterialState(stream)
-            apply_event(state, decode(type_, sv, data), seq, version, at)
-    except (ev.UnknownEventError, IllegalTransition) as exc:
-        raise unreplayable(store.path, seq, type_, stream, exc) from None
-    if state is not None:
-        done.append(state)
-    return count + _insert(db, done)
+    return sum(_insert(db, done)
+               for done in folded_batches(store, lo, hi, last, until_time, FLUSH_EVERY))
 
 
 def _worker_error(stderr: bytes, code: int) -> str:
