@@ -279,3 +279,16 @@ def test_maxtradius_alone_sets_the_radius_and_restart_false_removes_restart() ->
     deck = deckmod.parse_deck(files["INPUT"])
     assert deck.optgeom.child("MAXTRADIUS").records == ((0.8,),)
     assert deck.optgeom.child("RESTART") is None
+
+
+@pytest.mark.parametrize("step", ["BAND", "DOS"])
+def test_a_restart_of_a_properties_step_leaves_its_deck_as_it_is(step: str) -> None:
+    """eventflow-sim --seed 2: the walltime rule's restart (GUESSP) reached a BAND retry, and
+    the deck could not be written, so the step ended needing attention instead of running
+    again with more time. A properties run reads the SP wave function afresh every attempt."""
+    from ase.build import bulk
+
+    inputs = PLUGIN.render_inputs(bulk("MgO", "rocksalt", a=4.21), step, {})
+    assert PLUGIN.apply_changes(inputs, {"GUESSP": True}) == inputs
+    with pytest.raises(ValueError, match="a properties deck takes none of MAXCYCLE"):
+        PLUGIN.apply_changes(inputs, {"GUESSP": True, "MAXCYCLE": 200})

@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from eventflow.codes.crystal import d3
 from eventflow.codes.crystal import deck as deckmod
 from eventflow.codes.crystal.deck import Deck, DeckError, Entry
 
@@ -331,6 +332,14 @@ def _deck_name(inputs: Mapping[str, str]) -> str:
                      "expected INPUT or a .d12 file")
 
 
+def _is_properties_deck(text: str) -> bool:
+    try:
+        deckmod.parse_deck(text)
+    except DeckError:
+        return bool(d3.parse_d3(text))
+    return False
+
+
 def apply_changes(inputs: Mapping[str, str], changes: Mapping[str, Any]) -> dict[str, str]:
     """The input files with ``changes`` applied, e.g. ``{"MAXCYCLE": 200, "GUESSP": True}``.
 
@@ -345,6 +354,15 @@ def apply_changes(inputs: Mapping[str, str], changes: Mapping[str, Any]) -> dict
     files = dict(inputs)
     name = _deck_name(files)
     text = files[name]
+    if _is_properties_deck(text):
+        # A properties run (BAND, DOS) has no SCF of its own: every attempt reads the SP
+        # step's wave function, handed to it afresh, so a restart (GUESSP, as the walltime
+        # rule asks) leaves its deck as it is. Any other change names an SCF or geometry
+        # keyword that a properties deck does not hold.
+        others = [k for k in changes if k.upper() != "GUESSP"]
+        if others:
+            raise ValueError(f"a properties deck takes none of {', '.join(others)}")
+        return files
     upper_keys = {k.upper() for k in changes}
     for key, value in changes.items():
         key_u = key.upper()
