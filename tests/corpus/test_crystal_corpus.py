@@ -217,6 +217,23 @@ def test_real_output_cut_before_termination_is_truncated() -> None:
     assert result.energy == pytest.approx(-2.7121814707840e02, rel=1e-12)  # SCF had ended
 
 
+@pytest.mark.parametrize("name", ["c14_mgo_opt_finalrun_converged.out",
+                                  "c17_co_molecule_opt_converged.out"])
+def test_real_output_cut_anywhere_in_a_geometry_block_is_truncated(name: str) -> None:
+    """Derived; eventflow-sim --seed 4230: an output cut right after "FINAL OPTIMIZED
+    GEOMETRY - DIMENSIONALITY OF THE SYSTEM" (a job killed while writing it) made the parser
+    raise IndexError, and the watcher's whole cycle with it."""
+    original = read_corpus(f"crystal/{name}")
+    cuts = 0
+    for marker in (parse._FINAL_GEOMETRY, parse._INITIAL_GEOMETRY):
+        at = original.rfind(marker) + len(marker)
+        for cut in (at - 5, at, at + 1, at + 3, original.find("\n", at) + 1, at + 400):
+            result = PLUGIN.parse(original[:cut])
+            assert (result.status, result.error_kind) == ("error", "truncated"), (marker, cut)
+            cuts += 1
+    assert cuts == 12
+
+
 @pytest.mark.parametrize(
     "name", ["neighb_error", "basis_linearly_dependent", "anisotropic_shrink",
              "end_of_input_deck", "fortran_no_memory", "no_space_left"],

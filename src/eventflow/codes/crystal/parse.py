@@ -294,7 +294,10 @@ def read_geometry(text: str, marker: str, start: int, end: int,
     if pos == -1:
         return None
     line_end = text.find("\n", pos)
-    dim = int(text[pos + len(marker):line_end].split()[0])
+    words = text[pos + len(marker):line_end if line_end != -1 else end].split()
+    if not words or not words[0].isdigit():
+        return None  # an output cut inside the block's first line: no geometry to read
+    dim = int(words[0])
     asym = text.find("ATOMS IN THE ASYMMETRIC UNIT", pos, end)
     stop = text.find("\n\n", asym, end) if asym != -1 else -1
     block = text[pos:stop if stop != -1 else end]
