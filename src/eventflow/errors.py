@@ -43,6 +43,10 @@ class IllegalTransition(EventflowError, ValueError):
     """An event that the lifecycle does not allow from the current state; nothing was appended."""
 
 
+class UnreadableOutput(EventflowError):
+    """A parser raised on an output: a bug of the parser, not a fact about the run."""
+
+
 class LogUnavailableError(EventflowError):
     """The log's server cannot be reached, or the connection to it was lost; whatever
     transaction was open is gone whole (nothing half-written). Retrying later may succeed."""

@@ -192,3 +192,50 @@ def test_a_job_given_up_as_unpreparable_does_not_stop_the_other_submissions(
         assert tracker.state("m").calcs["m/SP/1"].state == "failed"
         assert tracker.state("z").calcs["z/SP/1"].state == "submitted"
     assert list(scheduler.jobs.values()) == [f"ef.{tracker.project.project_id}.z.SP.1"]
+
+
+class ParserWithABug:
+    """The real noop plugin, whose parser raises on one material's output. The parser bug
+    the simulator found is fixed, and no real parser raises on cue, so this one is made."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def interpret(self, text: str | None, exit_code: int | None, params: dict) -> object:
+        if "parser-bug" in params.get("command", []):
+            raise IndexError("list index out of range")
+        return self.real.interpret(text, exit_code, params)  # type: ignore[attr-defined]
+
+
+def test_an_output_a_parser_raises_on_does_not_stop_the_other_materials(
+        tmp_path: Path) -> None:
+    """eventflow-sim --seed 4230: the CRYSTAL parser raised on an output cut inside a geometry
+    block, and the exception ended the runner's whole cycle, so no other material moved on
+    for as long as that output stayed. Now that one job is skipped (nothing recorded, an
+    error logged) and a fixed parser reads it at a later cycle."""
+    import time
+
+    from eventflow.shell.parsing import plugins
+    from eventflow.shell.scheduler import LocalExecutor
+
+    project = make_project(tmp_path, "local")
+    add(project, "good", ["true"])
+    add(project, "bad", ["echo", "parser-bug"])
+    with Tracker.open(project) as tracker:
+        runner = Runner(tracker, LocalExecutor(tracker.project.state_dir))
+        runner._plugins = {**plugins(), "noop": ParserWithABug(plugins()["noop"])}
+        unreadable = 0
+        deadline = time.monotonic() + 60
+        while tracker.state("good").state != "completed":
+            assert time.monotonic() < deadline, "the good material never completed"
+            unreadable += runner.cycle().unreadable
+            time.sleep(0.1)
+        assert unreadable >= 1
+        bad = tracker.state("bad")
+        assert [c.state for c in bad.calcs.values()] in (["submitted"], ["running"])
+        runner._plugins = plugins()  # the parser, fixed
+        assert runner.cycle().unreadable == 0
+        assert tracker.state("bad").state == "completed"

@@ -18,6 +18,7 @@ from typing import Any
 from eventflow.core import events as ev
 from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.state import CalcState, MaterialState
+from eventflow.errors import UnreadableOutput
 from eventflow.shell.jobs import open_nonblocking
 from eventflow.shell.project import Project
 
@@ -68,6 +69,14 @@ def as_properties(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _parsed(parse: Any, folder: Path, output: str, *args: Any) -> Any:
+    try:
+        return parse(*args)
+    except Exception as exc:  # whatever a parser's bug raises, the run itself said nothing
+        raise UnreadableOutput(f"{folder / output}: the parser {parse.__qualname__} raised "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+
 def interpret(
     project: Project,
     plugins: dict[str, Any],
@@ -89,7 +98,8 @@ def interpret(
     exit_code = record.get("exit_code")
     time_limit = record.get("reason") == "time_limit"
     if hasattr(plugin, "interpret"):
-        result = plugin.interpret(text, exit_code, params)
+        result = _parsed(plugin.interpret, folder, plugin.main_output(calc.step),
+                         text, exit_code, params)
     elif text is None:
         kind = "walltime" if time_limit else "missing_file"
         return [ev.CalculationFailed(
@@ -97,7 +107,7 @@ def interpret(
             [{"line": 0, "text": f"no output {plugin.main_output(calc.step)} (exit {exit_code})"}],
             getattr(plugin, "parser_version", plugin.name))]
     else:
-        result = plugin.parse(text)
+        result = _parsed(plugin.parse, folder, plugin.main_output(calc.step), text)
     if hasattr(plugin, "check"):  # judgements that need the run's parameters
         # (a ValueError: they changed since the inputs were written; the parse's own stands)
         with contextlib.suppress(ValueError):

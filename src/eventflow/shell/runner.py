@@ -26,7 +26,12 @@ from eventflow.core import events as ev
 from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
-from eventflow.errors import EventflowError, IllegalTransition, LogUnavailableError
+from eventflow.errors import (
+    EventflowError,
+    IllegalTransition,
+    LogUnavailableError,
+    UnreadableOutput,
+)
 from eventflow.shell import clock
 from eventflow.shell.api import Tracker
 from eventflow.shell.clusters import Clusters
@@ -60,10 +65,14 @@ class CycleReport:
     submit_failures: int = 0
     released: int = 0
     deferred: int = 0  # failed jobs whose scheduler verdict is not in yet: look again soon
+    unreadable: int = 0  # finished jobs whose output a parser raised on: looked at again
 
     def busy(self) -> bool:
         """Whether the cycle recorded anything (a deferral alone records nothing)."""
-        return any(attrs.astuple(self, filter=lambda a, _: a.name != "deferred"))
+        return any(attrs.astuple(self, filter=lambda a, _: a.name not in _RECORDS_NOTHING))
+
+
+_RECORDS_NOTHING = ("deferred", "unreadable")
 
 
 class Runner:
@@ -95,7 +104,13 @@ class Runner:
             state = self.tracker.state(mid)  # folded only now, and only for these
             calc = state.calcs.get(cid)
             if calc is not None and calc.state in ("submitted", "running") and calc.job_id:
-                self._ingest(state, calc, report)
+                try:
+                    self._ingest(state, calc, report)
+                except UnreadableOutput as exc:
+                    # One output a parser cannot read must not stop every other material.
+                    # Nothing is recorded: each cycle tries again, so a fixed parser reads it.
+                    report.unreadable += 1
+                    log.error("%s: %s", cid, exc, extra={"material": mid, "calculation": cid})
         if reconcile:
             self._reconcile(report)
         self._release_waits(report)

@@ -262,7 +262,10 @@ def _run(world: World, result: SimResult, max_steps: int) -> None:
     def run_cycle(proc: _Process, step: int, reconcile: bool, who: str) -> None:
         try:
             assert proc.runner is not None
-            proc.runner.cycle(reconcile=reconcile)
+            report = proc.runner.cycle(reconcile=reconcile)
+            if report.unreadable:  # the watcher goes on without them; still a parser's bug
+                result.violations.append(f"step {step}: {who} cycle met {report.unreadable} "
+                                         "output(s) a parser raised on (see the log)")
         except Crash:
             result.crashes += 1
             proc.restart()
