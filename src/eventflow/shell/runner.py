@@ -447,9 +447,18 @@ class Runner:
 
     def _existing_job(self, calc: CalcState, scheduler: Scheduler) -> str | None:
         found = scheduler.find(job_name(self.project.project_id, calc.id))
-        if not found:
-            return None
-        return sorted(found, key=lambda j: (len(j.job_id), j.job_id))[0].job_id
+        if found:
+            return sorted(found, key=lambda j: (len(j.job_id), j.job_id))[0].job_id
+        # A job that ran and ended long enough ago is forgotten by squeue, and without
+        # accounting sacct knows nothing either (eventflow-sim --seed 4734: an sbatch that
+        # timed out had made a job, which ended before the retry; the retry made a second).
+        # Its completion record is in the attempt's own folder, with its id.
+        if calc.directory and scheduler is self.scheduler:
+            record = read_completion(self.project.root / calc.directory / RECORD)
+            job_id = (record or {}).get("job_id")
+            if isinstance(job_id, str | int) and str(job_id):
+                return str(job_id)
+        return None
 
     def _retry_at(self, state: MaterialState, calc: CalcState) -> str | None:
         if not calc.submit_failures:
