@@ -392,6 +392,18 @@ def test_a_request_for_a_held_material_keeps_why_it_is_held() -> None:
     assert (m.state.state, m.state.reason) == ("held", "held by a user for a check")
 
 
+def test_a_material_held_while_it_waited_keeps_why_it_is_held_when_the_wait_ends() -> None:
+    """eventflow-sim --seed 10887: held during a recovery's wait, the material got the
+    wait's resubmission and lost its hold's reason with the wait's."""
+    m = Material(policy())
+    cid = m.run()
+    m.feed(ev.JobLost(cid, "7", "NODE_FAIL", "node_failure"))
+    assert m.state.state == "waiting" and m.state.wait_until is not None
+    m.feed(ev.MaterialHeld("held by a user"), actor="user")
+    m.feed(ev.SubmissionRequested("m1/SP/2", "SP", 2, reason="recovery: node_failure"))
+    assert (m.state.state, m.state.reason) == ("held", "held by a user")
+
+
 def test_give_up_lets_the_after_failed_step_run() -> None:
     text = DEFAULTS_TEXT.replace("  charge_wrong:\n", "  charge_wrong:\n    exhausted: give_up\n")
     wf = {"fb": Workflow("fb", {"SP": StepDef("SP"),

@@ -227,7 +227,8 @@ def _registered(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> N
 
 def _requested(state: MaterialState, calc: Any, e: Any, at: str, seq: int) -> None:
     state.calcs[e.calculation_id] = CalcState(e, at)
-    if state.state == "needs_attention" or state.wait_until is not None:
+    if state.state == "needs_attention" or (state.wait_until is not None
+                                            and state.state == "waiting"):
         state.reason = ""  # a retry out of needs_attention, or the wait is over: moot now
     state.wait_until = None
     if e.reason.startswith("recovery"):
