@@ -70,12 +70,14 @@ _TOTAL_CPU = re.compile(r"TOTAL CPU TIME =\s+([0-9.]+)")
 _TCPU = re.compile(r"TCPU\s+([0-9.]+)")
 _FINAL_GEOMETRY = "FINAL OPTIMIZED GEOMETRY - DIMENSIONALITY OF THE SYSTEM"
 _INITIAL_GEOMETRY = "GEOMETRY FOR WAVE FUNCTION - DIMENSIONALITY OF THE SYSTEM"
+# A number as CRYSTAL prints it; not a lone "-" or ".", which an output cut mid-line leaves.
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[Ee][-+]?\d+)?"
 _CELL_VALUES = re.compile(
-    r"A\s+B\s+C\s+ALPHA\s+BETA\s+GAMMA[^\n]*\n\s*"
-    r"([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)"
+    r"A\s+B\s+C\s+ALPHA\s+BETA\s+GAMMA[^\n]*\n\s*" + r"\s+".join([f"({_NUMBER})"] * 6)
 )
 _ATOM_LINE = re.compile(
-    r"^\s*\d+\s+[TF]\s+(\d+)\s+([A-Z][A-Z]?)\s+(\S+)\s+(\S+)\s+(\S+)(?:[ \t]+\S+)?[ \t]*$",
+    rf"^\s*\d+\s+[TF]\s+(\d+)\s+([A-Z][A-Z]?)\s+({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})"
+    r"(?:[ \t]+\S+)?[ \t]*$",
     re.M,
 )
 _ATOM_HEADER = re.compile(r"ATOM\s+(X\S*)\s+(Y\S*)\s+(Z\S*)")
