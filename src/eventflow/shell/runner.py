@@ -104,13 +104,7 @@ class Runner:
             state = self.tracker.state(mid)  # folded only now, and only for these
             calc = state.calcs.get(cid)
             if calc is not None and calc.state in ("submitted", "running") and calc.job_id:
-                try:
-                    self._ingest(state, calc, report)
-                except UnreadableOutput as exc:
-                    # One output a parser cannot read must not stop every other material.
-                    # Nothing is recorded: each cycle tries again, so a fixed parser reads it.
-                    report.unreadable += 1
-                    log.error("%s: %s", cid, exc, extra={"material": mid, "calculation": cid})
+                self._ingest(state, calc, report)
         if reconcile:
             self._reconcile(report)
         self._release_waits(report)
@@ -189,15 +183,22 @@ class Runner:
         if still_listed:
             report.deferred += 1  # judged at a later cycle, once the scheduler has its say
             return True
-        self._interpret(state, calc, record, scheduler_kind)
+        self._interpret(state, calc, record, report, scheduler_kind)
         return True
 
     def _interpret(self, state: MaterialState, calc: CalcState, record: dict[str, Any],
-                   scheduler_kind: str | None = None) -> None:
+                   report: CycleReport, scheduler_kind: str | None = None) -> None:
         from eventflow.shell.interpret import interpret
 
-        events = interpret(self.project, self._plugins, state, calc, record,
-                           self.writer.params_for(state, calc), scheduler_kind)
+        try:
+            events = interpret(self.project, self._plugins, state, calc, record,
+                               self.writer.params_for(state, calc), scheduler_kind)
+        except UnreadableOutput as exc:
+            # One output a parser cannot read must not stop every other material. Nothing
+            # is recorded: each cycle tries again, so a fixed parser reads it.
+            report.unreadable += 1
+            log.error("%s", exc, extra={"material": state.id, "calculation": calc.id})
+            return
         self._append(state.id, events, key=f"interpreted:{calc.id}")
         kind = getattr(events[-1], "error_kind", None)
         if kind is None:
@@ -318,7 +319,7 @@ class Runner:
         kind, evidence = classify_lost(self.project, calc, sched_state, self._plugins)
         if sched_state == "COMPLETED" and kind is None:
             # A job recorded from outside eventflow writes no record: judge it by its output.
-            self._interpret(state, calc, {"exit_code": 0, "job_id": calc.job_id})
+            self._interpret(state, calc, {"exit_code": 0, "job_id": calc.job_id}, report)
             return
         self._append(state.id, [ev.JobLost(calc.id, calc.job_id or "", sched_state,
                                            kind or "truncated", evidence)],
