@@ -26,6 +26,7 @@ from eventflow.shell.parsing import plugins
 from eventflow.shell.project import Project
 
 RECORD = "eventflow-done.json"
+STARTED = "eventflow-started"  # the job's id, written at its start (core.jobscript)
 # Parameters the shell uses itself (how to run the programs); the code plugin never sees them.
 SHELL_PARAMS = frozenset({"launcher", "executables", "cluster"})
 # Changes that tell the runner what to do rather than what to write into the input:

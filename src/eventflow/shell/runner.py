@@ -35,7 +35,7 @@ from eventflow.errors import (
 from eventflow.shell import clock
 from eventflow.shell.api import Tracker
 from eventflow.shell.clusters import Clusters
-from eventflow.shell.jobs import RECORD, JobWriter, job_name, read_completion
+from eventflow.shell.jobs import RECORD, STARTED, JobWriter, job_name, read_completion
 from eventflow.shell.parsing import plugins
 from eventflow.shell.scheduler import Scheduler, SchedulerError, SubmitError
 from eventflow.shell.ssh import Unreachable
@@ -453,12 +453,14 @@ class Runner:
         # A job that ran and ended long enough ago is forgotten by squeue, and without
         # accounting sacct knows nothing either (eventflow-sim --seed 4734: an sbatch that
         # timed out had made a job, which ended before the retry; the retry made a second).
-        # Its completion record is in the attempt's own folder, with its id.
+        # Its completion record is in the attempt's own folder, with its id, and its start
+        # marker too (a job killed outright writes no record).
         if calc.directory and scheduler is self.scheduler:
-            record = read_completion(self.project.root / calc.directory / RECORD)
-            job_id = (record or {}).get("job_id")
-            if isinstance(job_id, str | int) and str(job_id):
-                return str(job_id)
+            folder = self.project.root / calc.directory
+            record = read_completion(folder / RECORD)
+            job_id = str((record or {}).get("job_id") or "") or _started_id(folder / STARTED)
+            if job_id:
+                return job_id
         return None
 
     def _retry_at(self, state: MaterialState, calc: CalcState) -> str | None:
@@ -536,6 +538,15 @@ def cancel_jobs(tracker: Tracker, job_ids: list[str], material_id: str | None = 
         name = placed.get(job_id)
         remote = clusters.remote(name) if name and name not in ("slurm", "local") else None
         (remote or scheduler).cancel(job_id)
+
+
+def _started_id(path: Path) -> str:
+    """The job id a job wrote at its start ('' when absent or not an id)."""
+    try:
+        text = path.read_text(errors="replace")[:64].strip()
+    except OSError:
+        return ""
+    return text if text.replace("_", "").isdigit() else ""
 
 
 def _age(path: Path) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 import attrs
 
 from eventflow.shell import clock
-from eventflow.shell.jobs import RECORD
+from eventflow.shell.jobs import RECORD, STARTED
 from eventflow.shell.parsing import plugins
 from eventflow.shell.scheduler import JobInfo, SchedulerError, SubmitError
 from eventflow.sim.corpus import Corpus
@@ -200,6 +200,7 @@ class SimCluster:
         for job in self.active():
             if job.state == "PENDING" and job.start_at <= now:
                 job.history.append((job.start_at, "RUNNING"))
+                _write(job.folder / STARTED, f"{job.job_id}\n".encode(), job.start_at)
             if job.state == "RUNNING" and job.end_at <= now:
                 if job.ending == "program":
                     self._end(job, "COMPLETED", 0, None, None, ran=True)
