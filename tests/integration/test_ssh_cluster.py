@@ -99,7 +99,7 @@ def test_a_connection_dropped_after_sbatch_never_submits_twice(
     def dropping_run(self: SshConnection, argv, timeout, stdin=None):  # type: ignore[no-untyped-def]
         result = real_run(self, argv, timeout, stdin)
         if "sbatch" in argv and not submitted:
-            submitted.append(result.stdout.strip())
+            submitted.append(result.stdout.split()[-1])  # the batch's answer: "ok NAME ID"
             pid = _master_pid(self)
             assert pid is not None, "no ControlMaster: commands would not share one connection"
             os.kill(pid, signal.SIGKILL)
@@ -418,3 +418,60 @@ def test_a_failing_remote_job_is_judged_with_the_clusters_verdict(tmp_path: Path
     assert [f.exit_code for f in finished][:1] == [3]
     assert count(project, "CalculationFailed", f"%{mid}/SP/1%") == 1
     assert (project / calc.directory / "SP.out").read_text() == "partial\n"
+
+
+def test_a_cycles_jobs_go_up_in_one_round_trip_and_a_bad_upload_fails_only_its_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three requests of one cycle: one ssh call unpacks all three folders and runs sbatch for
+    each; the folder whose manifest does not match (one checksum altered on its way) is not
+    submitted, and only its job's submission fails, with the reason."""
+    from eventflow.shell import remote_batch
+
+    project, remote = _project(tmp_path)
+    mids = [unique("batch") for _ in range(3)]
+    for mid in mids:
+        add(project, mid, ["bash", "-c", "echo done > SP.out"])
+    real_sha = remote_batch.sha256_of
+    monkeypatch.setattr(remote_batch, "sha256_of", lambda p: (
+        "0" * 64 if mids[1] in str(p) and p.name == "job.sh" else real_sha(p)))
+    real_run = SshConnection.run
+    calls: list[list[str]] = []
+
+    def counting_run(self: SshConnection, argv, timeout, stdin=None):  # type: ignore[no-untyped-def]
+        calls.append(list(argv))
+        return real_run(self, argv, timeout, stdin)
+
+    monkeypatch.setattr(SshConnection, "run", counting_run)
+    with Tracker.open(project) as t:
+        report = run_once(t)
+        calcs = {mid: next(iter(t.state(mid).calcs.values())) for mid in mids}
+    assert len([argv for argv in calls if "sbatch" in argv]) == 1
+    assert report.submitted == 2 and report.submit_failures == 1
+    assert calcs[mids[1]].job_id is None
+    assert count(project, "SubmissionFailed", "%does not match its checksums%") == 1
+    ids = [calcs[m].job_id for m in (mids[0], mids[2])]
+    assert None not in ids and len(set(ids)) == 2
+    assert (remote / calcs[mids[0]].directory / "job.sh").is_file()
+
+
+def test_the_daemon_sees_a_remote_completion_at_its_remote_poll(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The remote record makes no local file event, and the daemon reconciles only once an
+    hour here: only the remote poll (every second) can bring the result back."""
+    from tests.integration.helpers import CLI
+
+    project, _ = _project(tmp_path)
+    mid = unique("polled")
+    add(project, mid, ["bash", "-c", "sleep 3; echo done > SP.out"])
+    out = (tmp_path / "daemon.out").open("w")
+    daemon = subprocess.Popen([*CLI, "--project", str(project), "watch", "--quiet",
+                               "--reconcile", "3600", "--remote-poll", "1"],
+                              stdout=out, stderr=subprocess.STDOUT)
+    request.addfinalizer(lambda: (daemon.poll() is None and daemon.kill(), daemon.wait(30)))
+    wait_for(lambda: count(project, "CalculationSucceeded") == 1, "the remote job's result",
+             timeout=120, every=0.5)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0
+    assert count(project, "JobSubmitted") == 1 and count(project, "JobFinished") == 1
+    bad = eventflow(project, "watch", "--remote-poll", "0", check=False)
+    assert bad.returncode != 0 and "--remote-poll" in bad.stderr

@@ -416,7 +416,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with _tracker(args) as tracker:
         jobs = tracker.cancel(args.material, args.reason)
         if jobs:
-            from eventflow.shell.runner import cancel_jobs
+            from eventflow.shell.routing import cancel_jobs
 
             cancel_jobs(tracker, jobs, args.material)
     print(f"{args.material}: cancelled" + (f" (jobs {', '.join(jobs)})" if jobs else ""))
@@ -494,7 +494,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"once: {report}")
             return 0
-        return Watcher(tracker, poll=args.poll, reconcile=args.reconcile).run()
+        return Watcher(tracker, poll=args.poll, reconcile=args.reconcile,
+                       remote_poll=args.remote_poll).run()
 
 
 @command("doctor")
@@ -591,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="poll the file system (NFS/Lustre) instead of inotify")
     p.add_argument("--reconcile", type=float, default=30.0, metavar="SECONDS",
                    help="ask the scheduler about our jobs this often (default 30)")
+    p.add_argument("--remote-poll", type=float, default=None, metavar="SECONDS",
+                   help="ask remote clusters which of our jobs finished this often (default: "
+                        "cluster.yaml remote: poll_s, else 5)")
     p.add_argument("--log-json", action="store_true", help="operational log as JSON lines")
     p.add_argument("--quiet", action="store_true", help="log to the file only")
 

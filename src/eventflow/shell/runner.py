@@ -34,10 +34,11 @@ from eventflow.errors import (
 )
 from eventflow.shell import clock
 from eventflow.shell.api import Tracker
-from eventflow.shell.clusters import Clusters
 from eventflow.shell.jobs import RECORD, STARTED, JobWriter, job_name, read_completion
 from eventflow.shell.parsing import plugins
-from eventflow.shell.scheduler import Scheduler, SchedulerError, SubmitError
+from eventflow.shell.remote_batch import submit_many
+from eventflow.shell.routing import Routing
+from eventflow.shell.scheduler import JobInfo, Scheduler, SubmitError
 from eventflow.shell.ssh import Unreachable
 from eventflow.shell.store import utc_now
 
@@ -85,32 +86,40 @@ class Runner:
         self.max_submit = int(cluster.get("max_submit", 100))
         self.cleanup: dict[str, Any] = dict(cluster.get("cleanup") or {})
         self.writer = JobWriter(self.project, tracker.policy)
-        self.clusters = Clusters(tracker, scheduler,
-                                 timeout=float((cluster.get("scheduler") or {}).get(
-                                     "command_timeout_s", 30)))
+        self.clusters = Routing(tracker, scheduler,
+                                timeout=float((cluster.get("scheduler") or {}).get(
+                                    "command_timeout_s", 30)))
         self._plugins = plugins()
         # Raises when this process no longer holds the project lock (shell.lock.fence); the
         # watcher sets it. Checked right before sbatch, the one effect a retry cannot undo.
         self.fence: Callable[[], None] = lambda: None
 
     # -- one cycle -----------------------------------------------------------------------------
-    def cycle(self, *, reconcile: bool = True) -> CycleReport:
-        """One pass. ``reconcile=False`` skips asking the scheduler about every job we follow
-        (the watcher does that every ``--reconcile`` seconds, not on every file event)."""
+    def cycle(self, *, reconcile: bool = True, remote: bool = True) -> CycleReport:
+        """One pass. ``reconcile=False`` skips asking the local scheduler about every job we
+        follow (the watcher does that every ``--reconcile`` seconds, not on every file event);
+        ``remote=False`` skips polling the remote clusters (the watcher does that every
+        ``--remote-poll`` seconds: their records make no local file events)."""
         report = CycleReport()
         self.clusters.refresh()
-        self._fetch_remote_records()
+        polled = self.clusters.poll(self._followed()) if remote else {}
         for mid, cid in self._with_records():
             state = self.tracker.state(mid)  # folded only now, and only for these
             calc = state.calcs.get(cid)
             if calc is not None and calc.state in ("submitted", "running") and calc.job_id:
                 self._ingest(state, calc, report)
-        if reconcile:
-            self._reconcile(report)
+        if reconcile or polled:
+            self._reconcile(report, polled, local=reconcile)
         self._release_waits(report)
         self._submit_pending(report)
         self.tracker.projections.catch_up(self.tracker.store)
         return report
+
+    def follows_remote_jobs(self) -> bool:
+        """Whether any followed job runs on a remote cluster (the watcher polls them then)."""
+        self.clusters.refresh()
+        return any(self.clusters.is_remote(self.clusters.of_job(row[1]))
+                   for row in self._followed())
 
     def _followed(self) -> list[tuple[str, str, str, str, str]]:
         """(material, calculation, state, job id, folder) of every submitted or running job,
@@ -122,25 +131,6 @@ class Runner:
             "WHERE state IN ('submitted', 'running') AND job_id IS NOT NULL "
             "ORDER BY material_id, id"
         ).fetchall()
-
-    def _fetch_remote_records(self) -> None:
-        """Copy back the folders of remote jobs whose record exists there: one listing per
-        cluster for all its followed jobs, then one rsync for all its finished ones. An unreachable
-        cluster is skipped (its jobs stay as they are; the next cycle asks again)."""
-        root = self.project.root
-        by_cluster: dict[str, tuple[Any, list[Path]]] = {}
-        for _, cid, _, _, directory in self._followed():
-            scheduler = self.clusters.of_job(cid)
-            if scheduler is self.scheduler or not directory:
-                continue
-            if os.path.lexists(root / directory / RECORD):
-                continue
-            by_cluster.setdefault(scheduler.name, (scheduler, []))[1].append(root / directory)
-        for name, (remote, folders) in by_cluster.items():
-            try:
-                remote.fetch(remote.finished_folders(folders))
-            except SchedulerError as exc:
-                log.warning("cluster %s: cannot fetch results now: %s", name, exc)
 
     def _with_records(self) -> list[tuple[str, str]]:
         """The followed calculations whose completion record exists: one stat each."""
@@ -252,9 +242,12 @@ class Runner:
                      extra={"material": state.id, "calculation": calc.id})
 
     # -- the scheduler's view, for jobs that die silently --------------------------------------
-    def _reconcile(self, report: CycleReport) -> None:
-        """Ask the scheduler about every followed job in one call; fold only the materials
-        whose job started or left the queue."""
+    def _reconcile(self, report: CycleReport, polled: dict[str, dict[str, JobInfo] | None],
+                   *, local: bool = True) -> None:
+        """Judge every followed job by what its scheduler says, asked in one call per
+        scheduler (a remote cluster's answer comes from this cycle's poll when there was one;
+        ``local=False``: only those); fold only the materials whose job started or left the
+        queue."""
         watched = self._followed()
         if not watched:
             return
@@ -263,11 +256,18 @@ class Runner:
             scheduler = self.clusters.of_job(row[1])
             groups.setdefault(scheduler.name, (scheduler, []))[1].append(row)
         for name, (scheduler, rows) in groups.items():
-            try:
-                infos = scheduler.states([row[3] for row in rows])
-            except Unreachable as exc:
-                log.warning("cluster %s does not answer; its jobs wait: %s", name, exc)
+            if name in polled:
+                infos = polled[name]
+                if infos is None:
+                    continue  # did not answer the poll: its jobs wait (logged there)
+            elif not local:
                 continue
+            else:
+                try:
+                    infos = scheduler.states([row[3] for row in rows])
+                except Unreachable as exc:
+                    log.warning("cluster %s does not answer; its jobs wait: %s", name, exc)
+                    continue
             self._reconcile_rows(rows, infos, report)
 
     def _reconcile_rows(self, watched: list[tuple[str, str, str, str, str]],
@@ -292,25 +292,11 @@ class Runner:
                 continue
             # Gone from the queue. The record is written before the job ends, so look again
             # (on a remote cluster: there, and copy it back first).
-            if not self._fetch_one(calc):
+            if not self.clusters.fetch_one(calc):
                 continue  # the cluster did not answer: judged when it does
             if self._ingest(state, calc, report):
                 continue
             self._lost(state, calc, sched_state, info, report)
-
-    def _fetch_one(self, calc: CalcState) -> bool:
-        """Copy back a remote job's folder if its record exists there; False when the cluster
-        could not be asked (then nothing may be concluded about the job)."""
-        remote = self.clusters.of_job(calc.id)
-        if remote is self.scheduler or not calc.directory:
-            return True
-        folder = self.project.root / calc.directory
-        try:
-            remote.fetch(remote.finished_folders([folder]))  # type: ignore[attr-defined]
-        except SchedulerError as exc:
-            log.warning("%s: cannot copy its results back now: %s", calc.id, exc)
-            return False
-        return True
 
     def _lost(self, state: MaterialState, calc: CalcState, sched_state: str | None,
               info: Any, report: CycleReport) -> None:
@@ -373,7 +359,8 @@ class Runner:
         pending.sort(key=lambda p: (p[0], p[1]))
         slots = self._recovery_slots() if pending else None
         down: set[str] = set()  # clusters that did not answer in this cycle: not asked again
-        room = self._cluster_room() if pending else {}
+        room = self.clusters.room(self._followed()) if pending else {}
+        batches: dict[str, tuple[Any, list[tuple[MaterialState, CalcState, Path]]]] = {}
         for _, _, state, calc in pending:
             try:
                 target = self.clusters.target(state, calc, self.writer.params_for(state, calc))
@@ -410,20 +397,14 @@ class Runner:
             budget -= 1
             if target.name in room:
                 room[target.name] -= 1
-            if not self._submit(state, calc, report, target):
+            if self.clusters.is_remote(target):  # prepared now, submitted with its batch
+                script = self._prepare(state, calc, report, target)
+                if script is not None:
+                    batches.setdefault(target.name, (target, []))[1].append((state, calc, script))
+            elif not self._submit(state, calc, report, target):
                 down.add(target.name)
-
-    def _cluster_room(self) -> dict[str, int]:
-        """For each remote cluster with a max_jobs: how many more jobs it may take now."""
-        active: dict[str, int] = {}
-        for _, cid, _, _, _ in self._followed():
-            name = self.clusters.of_job(cid).name
-            active[name] = active.get(name, 0) + 1
-        room = {}
-        for name, cluster in self.clusters.defined().items():
-            if cluster.max_jobs is not None:
-                room[name] = int(cluster.max_jobs) - active.get(name, 0)
-        return room
+        for target, batch in batches.values():
+            self._submit_batch(target, batch, report)
 
     def _recovery_slots(self) -> int | None:
         rules = self.tracker.policy.recovery
@@ -472,13 +453,12 @@ class Runner:
                 last = rec.event.retry_at  # type: ignore[attr-defined]
         return last
 
-    def _submit(self, state: MaterialState, calc: CalcState, report: CycleReport,
-                scheduler: Scheduler) -> bool:
-        """Submit ``calc``; False when its cluster did not answer (recorded as a failure)."""
+    def _prepare(self, state: MaterialState, calc: CalcState, report: CycleReport,
+                 scheduler: Scheduler) -> Path | None:
+        """Write the job folder of ``calc`` and record InputsPrepared (the intent, before any
+        sbatch); its job script, or None when it could not be written (recorded)."""
         try:
-            job_dir = None
-            if scheduler is not self.scheduler:  # a remote cluster: the job runs in its copy
-                job_dir = scheduler.remote_dir(self.project.inside(calc.directory))  # type: ignore[attr-defined]
+            job_dir = self.clusters.job_dir(scheduler, calc)  # a remote job runs in its copy
             script, prepared = self.writer.write(state, calc, job_dir=job_dir)
         except (EventflowError, OSError) as exc:
             tries = calc.submit_failures + 1
@@ -490,10 +470,18 @@ class Runner:
                     calc.id, "input_error", [{"line": 0, "text": text}], "eventflow")],
                     key=f"unpreparable:{calc.id}")
                 report.submit_failures += 1
-                return True  # the cluster answered: only this job is given up
+                return None
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
-            return True
+            return None
         self._append(state.id, [prepared], key=f"inputs:{calc.id}")
+        return script
+
+    def _submit(self, state: MaterialState, calc: CalcState, report: CycleReport,
+                scheduler: Scheduler) -> bool:
+        """Submit ``calc``; False when its cluster did not answer (recorded as a failure)."""
+        script = self._prepare(state, calc, report, scheduler)
+        if script is None:
+            return True  # the cluster was not asked: only this job waits or is given up
         _crash_point("before_sbatch")
         self.fence()
         try:
@@ -503,13 +491,47 @@ class Runner:
             self._submit_failed(state, calc, str(exc), report)
             return not isinstance(exc.__cause__, Unreachable)
         _crash_point("after_sbatch")
+        self._submitted(state, calc, job_id, scheduler, report)
+        _crash_point("after_record")
+        return True
+
+    def _submit_batch(self, scheduler: Any,
+                      batch: list[tuple[MaterialState, CalcState, Path]],
+                      report: CycleReport) -> None:
+        """Submit the prepared jobs of one remote cluster in one round trip (their inputs in
+        one transfer); each job's outcome is recorded as for a single submission. A job the
+        answer does not cover may exist: its SubmissionFailed makes the retry look it up by
+        name first (``_may_be_in_scheduler``)."""
+        names = {job_name(self.project.project_id, calc.id): (state, calc)
+                 for state, calc, _ in batch}
+        _crash_point("before_sbatch")
+        self.fence()
+        outcomes = submit_many(scheduler, [(script, job_name(self.project.project_id, calc.id))
+                                           for _, calc, script in batch])
+        _crash_point("after_sbatch")
+        unreached = False
+        for name, (state, calc) in names.items():
+            outcome = outcomes[name]
+            if outcome.job_id is not None:
+                self._submitted(state, calc, outcome.job_id, scheduler, report)
+            elif outcome.unreachable and unreached:
+                # The cluster did not answer: one failure says so (as when the first single
+                # submission finds it down); the others stay requested with their intent
+                # recorded, so they are looked up by name before any sbatch once it answers.
+                log.warning("%s waits: %s", calc.id, outcome.error,
+                            extra={"material": state.id, "calculation": calc.id})
+            else:
+                unreached = unreached or outcome.unreachable
+                self._submit_failed(state, calc, str(outcome.error), report)
+        _crash_point("after_record")
+
+    def _submitted(self, state: MaterialState, calc: CalcState, job_id: str,
+                   scheduler: Scheduler, report: CycleReport) -> None:
         self._append(state.id, [ev.JobSubmitted(calc.id, job_id, scheduler.name)],
                      key=f"submitted:{calc.id}")
         report.submitted += 1
         log.info("submitted %s as job %s", calc.id, job_id,
                  extra={"material": state.id, "calculation": calc.id, "job": job_id})
-        _crash_point("after_record")
-        return True
 
     def _submit_failed(self, state: MaterialState, calc: CalcState, message: str,
                        report: CycleReport) -> None:
@@ -521,23 +543,6 @@ class Runner:
         report.submit_failures += 1
         log.error("submission of %s failed (retry in %d s): %s", calc.id, delay, message,
                   extra={"material": state.id, "calculation": calc.id})
-
-
-def cancel_jobs(tracker: Tracker, job_ids: list[str], material_id: str | None = None) -> None:
-    """scancel the given jobs (their cancellation is already recorded); a job of
-    ``material_id`` that went to a remote cluster is cancelled there."""
-    from eventflow.shell.config import scheduler_for
-
-    scheduler, _ = scheduler_for(tracker.project)
-    placed: dict[str, str | None] = {}
-    if material_id is not None:
-        placed = {c.job_id: c.scheduler for c in tracker.state(material_id).calcs.values()
-                  if c.job_id}
-    clusters = Clusters(tracker, scheduler)
-    for job_id in job_ids:
-        name = placed.get(job_id)
-        remote = clusters.remote(name) if name and name not in ("slurm", "local") else None
-        (remote or scheduler).cancel(job_id)
 
 
 def _started_id(path: Path) -> str:

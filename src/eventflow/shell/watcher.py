@@ -2,7 +2,9 @@
 
 It reacts to completion records as they appear (inotify through watchdog, or
 polling for NFS/Lustre where inotify sees nothing from other nodes), and every
-``reconcile`` seconds asks the scheduler about the jobs it follows. All work
+``reconcile`` seconds asks the scheduler about the jobs it follows. A remote cluster's
+records appear on the cluster, not here: while jobs run on one, every ``remote_poll``
+seconds it is asked (one round trip per cluster) which of them finished. All work
 happens in ``Runner.cycle`` under the project lock, so any number of watchers
 and ``--once`` runs produce no duplicate events and no duplicate submissions.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from eventflow.errors import LogUnavailableError
+from eventflow.errors import ConfigError, LogUnavailableError
 from eventflow.shell.api import Tracker
 from eventflow.shell.lock import LockHeld, LockLost, ProjectLock
 from eventflow.shell.runner import CycleReport, Runner
@@ -35,6 +37,7 @@ RECHECK_S = 1.0  # a failed job waiting for the scheduler's verdict is looked at
 RETRY_AFTER_ERROR_S = 5.0  # a cycle that raised is tried again this soon
 LOG_WAIT_S = (0.5, 30.0)  # the log's server unreachable: first wait, doubling up to the last
 LOG_FILES = ("events.db", "events.db-wal")  # their changes: another process appended
+REMOTE_POLL_S = 5.0  # remote clusters are polled this often (cluster.yaml remote: poll_s)
 
 
 class JsonFormatter(logging.Formatter):
@@ -116,10 +119,14 @@ def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = 
 
 class Watcher:
     def __init__(self, tracker: Tracker, *, poll: float | None = None,
-                 reconcile: float = 30.0, scheduler: Any = None) -> None:
+                 reconcile: float = 30.0, scheduler: Any = None,
+                 remote_poll: float | None = None) -> None:
         self.tracker = tracker
         self.poll = poll
         self.reconcile = reconcile
+        self.remote_poll = check_remote_poll(
+            remote_poll if remote_poll is not None else remote_poll_s(tracker),
+            "--remote-poll" if remote_poll is not None else "config/cluster.yaml: remote: poll_s")
         self.scheduler = scheduler
         self.wake = threading.Event()  # something changed: look (set by any watched change)
         self.record_seen = threading.Event()  # ... and it was a completion record
@@ -224,6 +231,7 @@ class Watcher:
         """Cycle on every file event, ask the scheduler every ``reconcile`` seconds, and keep
         the lock's heartbeat going in between, until stopped."""
         next_reconcile = 0.0  # the first cycle reconciles at once
+        next_remote = time.monotonic() + self.remote_poll  # the first cycle polls anyway
         next_retry: float | None = None
         seen_seq = -1  # the log's last seq when the last cycle began
         store = self.tracker.store
@@ -231,7 +239,10 @@ class Watcher:
             now = time.monotonic()
             due = now >= next_reconcile
             retry = next_retry is not None and now >= next_retry
-            if self.wake.is_set() or due or retry:
+            remote = now >= next_remote and runner.follows_remote_jobs()
+            if now >= next_remote and not remote:
+                next_remote = now + self.remote_poll  # nothing runs remotely: look again then
+            if self.wake.is_set() or due or retry or remote:
                 self.wake.clear()
                 by_record = self.record_seen.is_set()
                 self.record_seen.clear()
@@ -241,13 +252,15 @@ class Watcher:
                     log.info("the log's server answers again (last seq %d)", seq)
                 # A wake by the log alone: only if it grew since the last cycle began (so our
                 # own appends cost one quiet cycle, and the log's checkpoints none).
-                if not (due or retry or by_record or seq != seen_seq):
+                if not (due or retry or remote or by_record or seq != seen_seq):
                     lock.heartbeat()
                     continue
                 seen_seq = seq
-                report = self._cycle(runner, reconcile=due)
+                report = self._cycle(runner, reconcile=due, remote=due or remote)
                 if due:
                     next_reconcile = time.monotonic() + self.reconcile
+                if due or remote:
+                    next_remote = time.monotonic() + self.remote_poll
                 if report is None:
                     next_retry = time.monotonic() + RETRY_AFTER_ERROR_S
                 elif report.deferred:
@@ -255,14 +268,14 @@ class Watcher:
                 else:
                     next_retry = None
             lock.heartbeat()
-            wake_at = min(next_reconcile, time.monotonic() + HEARTBEAT_S,
+            wake_at = min(next_reconcile, next_remote, time.monotonic() + HEARTBEAT_S,
                           next_retry if next_retry is not None else float("inf"))
             self.wake.wait(max(0.0, wake_at - time.monotonic()))
 
     @staticmethod
-    def _cycle(runner: Runner, *, reconcile: bool) -> CycleReport | None:
+    def _cycle(runner: Runner, *, reconcile: bool, remote: bool) -> CycleReport | None:
         try:
-            report = runner.cycle(reconcile=reconcile)
+            report = runner.cycle(reconcile=reconcile, remote=remote)
         except LockLost:
             raise  # another watcher holds the project now: this one must stop
         except LogUnavailableError:
@@ -273,6 +286,22 @@ class Watcher:
         if report.busy():
             log.info("cycle: %s", report)
         return report
+
+
+def remote_poll_s(tracker: Tracker) -> float:
+    """cluster.yaml's ``remote: {poll_s: N}``, else REMOTE_POLL_S."""
+    remote = tracker.project.config("cluster.yaml").get("remote") or {}
+    return remote.get("poll_s", REMOTE_POLL_S) if isinstance(remote, dict) else REMOTE_POLL_S
+
+
+def check_remote_poll(value: Any, where: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{where}: must be a number of seconds above 0, not {value!r}")
+    return seconds
 
 
 __all__ = ["LockHeld", "Watcher", "run_once", "setup_logging"]
