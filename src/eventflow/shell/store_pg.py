@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from hashlib import sha256
 from pathlib import Path
@@ -216,6 +216,7 @@ class PostgresEventStore(LogBase):
         self._versions_seen: dict[str, int] = {}
         self._next_wait = 0  # appends to leave to the function after _APPEND_NEXT missed
         self._in_transaction = False  # between _begin and _commit/_rollback
+        self._last_row: tuple[int, str] | None = None  # this transaction's last (seq, hash)
         self._driver_errors = (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege)
         self.db = self._connect()
         try:
@@ -303,16 +304,52 @@ class PostgresEventStore(LogBase):
     def _begin(self) -> None:
         # Held until COMMIT/ROLLBACK: appends are serialised, so seq order is commit order.
         # One round trip (a fixed text, our own constant: no parameters to bind).
-        self._notify = False
+        self._notify, self._last_row = False, None
         self.query(_BEGIN_LOCKED)
         self._in_transaction = True
 
     def _commit(self) -> None:
         # NOTIFY is delivered at COMMIT, to followers (tail -f); sent with it in one trip.
+        last, self._last_row = self._last_row, None
         try:
             self.query("NOTIFY eventflow_appended; COMMIT" if self._notify else "COMMIT")
+        except LogUnavailableError as exc:
+            if not self.db.broken or last is None:  # the server answered (it undid it all),
+                raise  # or nothing was written: nothing to find out
+            self._in_transaction = False
+            seq, row_hash = last
+            self._after_lost_commit(
+                exc, f"seq {seq}", lambda db: db.execute(
+                    "SELECT 1 FROM events WHERE seq = %s AND hash = %s", last).fetchone())
         finally:
             self._in_transaction = False
+
+    def _after_lost_commit(self, exc: LogUnavailableError, what: str,
+                           find: Callable[[Any], Any]) -> Any:
+        """The connection broke while the server may have been committing an append: the
+        outcome is unknown to the server's reply. Look on a new connection, once the append
+        lock is ours (so the old transaction has ended, committed or undone): ``find``'s
+        answer (not None: it committed) is returned; otherwise one line says what is known."""
+        try:
+            with (self._psycopg.connect(self.url, autocommit=True, connect_timeout=10) as db,
+                  db.transaction()):
+                db.execute("SET LOCAL lock_timeout = '30s'")
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                found = find(db)
+        except self._psycopg.Error as again:
+            raise LogUnavailableError(
+                f"{self.path}: lost the connection to the log's server during the commit of "
+                f"an append: its outcome is unknown (it may have been written) and could not "
+                f"be checked ({_one_line(again)}); when the server answers, `eventflow tail` "
+                f"shows whether {what} is in the log, and a retry with the same idempotency "
+                f"key is safe (the stored event is answered, nothing is appended twice): "
+                f"{_one_line(exc)}") from None
+        if found is None:
+            raise LogUnavailableError(
+                f"{self.path}: lost the connection to the log's server during the commit of "
+                f"an append; looked again on a new connection: it was not written (nothing "
+                f"of it is in the log; retry it): {_one_line(exc)}") from None
+        return found
 
     def _rollback(self) -> None:
         self._in_transaction = False
@@ -359,6 +396,16 @@ class PostgresEventStore(LogBase):
             row = self.query(_APPEND_ONE, args).fetchone()
         except self._integrity_errors as exc:  # only a writer outside eventflow gets here
             raise ConcurrencyError(f"append refused by the log: {exc}") from exc
+        except LogUnavailableError as exc:
+            if not self.db.broken:  # the server answered: it undid the statement
+                raise
+            # Lost while the statement (which commits on its own) ran: find the event.
+            found = (("idempotency_key = %s", (key,)) if key is not None else
+                     ("recorded_at = %s AND stream = %s AND type = %s AND data = %s "
+                      "AND meta = %s", (now, stream, type_, data, meta_json)))
+            return [self._after_lost_commit(
+                exc, f"{stream!r}'s event recorded at {now}",
+                lambda db: _first_decoded(db, found[0], found[1]))]
         outcome, seq, version = row[0], row[1], row[3]
         if outcome == "new":
             self._head = (seq, row[9])
@@ -379,8 +426,16 @@ class PostgresEventStore(LogBase):
         args = {"seq": seq, "stream": stream, "version": version, "type": type_, "sv": sv,
                 "data": data, "meta": meta, "at": now, "key": key, "hash": row_hash,
                 "prev": prev}
-        if self.query(_APPEND_NEXT, args).rowcount == 1:
-            return True
+        try:
+            if self.query(_APPEND_NEXT, args).rowcount == 1:
+                return True
+        except LogUnavailableError as exc:
+            if not self.db.broken:  # the server answered: it undid the statement
+                raise
+            # Lost while the statement (which commits on its own) ran: is the row there?
+            return self._after_lost_commit(exc, f"seq {seq}", lambda db: db.execute(
+                "SELECT 1 FROM events WHERE seq = %s AND hash = %s", (seq, row_hash),
+            ).fetchone()) is not None
         self._next_wait = 8  # other writers append too: the function for the next few
         return False
 
@@ -404,10 +459,14 @@ class PostgresEventStore(LogBase):
         if (len(rows) if count is None else count) == 1:  # type: ignore[arg-type]
             (row,) = rows
             self.query("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+            self._last_row = (row[0], row[9])
             return
+        row = None
         with self.db.cursor().copy(_COPY) as copy:  # a batch: COPY, the server's fast path
-            for row in rows:
+            for row in rows:  # noqa: B007 - the last row is kept
                 copy.write_row(row)
+        if row is not None:  # seq, hash: in the log once (and only if) it commits
+            self._last_row = (row[0], row[9])
 
     def wait_for_append(self, timeout: float) -> None:
         """LISTEN (on a connection of its own, opened on first use) until an append's NOTIFY
@@ -429,6 +488,13 @@ class PostgresEventStore(LogBase):
             f"{self.path}: a PostgreSQL log is backed up by the server's tools: "
             "pg_dump (a copy) or WAL archiving (point-in-time recovery)"
         )
+
+
+def _first_decoded(db: Any, where: str, args: tuple[Any, ...]) -> ev.Recorded | None:
+    """The first row of ``events WHERE {where}`` (fixed text; values bound), decoded."""
+    row = db.execute(f"SELECT {_ROW_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT 1",
+                     args).fetchone()
+    return None if row is None else _decode_row(row)
 
 
 def _one_line(exc: BaseException) -> str:
