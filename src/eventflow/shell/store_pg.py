@@ -47,6 +47,7 @@ from eventflow.shell.store import (
     _decode_row,
     _event_data,
     default_meta,
+    refuse_nul,
     utc_now,
 )
 
@@ -374,6 +375,9 @@ class PostgresEventStore(LogBase):
         dumps, option, type_, sv = orjson.dumps, _CANONICAL, e.TYPE, e.VERSION
         data = dumps(_event_data(e), option=option).decode()
         meta_json = dumps(meta, option=option).decode()
+        if "\\u0000" in data or "\\u0000" in meta_json or "\x00" in stream or (
+                key is not None and "\x00" in key):
+            refuse_nul(stream, e, key, data, meta_json, meta)
         # row_hash's canonical JSON after ``[seq,stream,version``: the same orjson bytes.
         tail = "," + dumps([type_, sv, data, meta_json, now, key], option=option).decode()[1:]
         stream_json = dumps(stream).decode()
