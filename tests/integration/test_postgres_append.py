@@ -20,12 +20,12 @@ def _counting(store: LogBase) -> dict[str, int]:
     counts = {"next": 0, "function": 0}
     query = store.query
 
-    def counted(sql: str, args: Any = ()) -> Any:
+    def counted(sql: str, args: Any = (), **kw: Any) -> Any:
         if sql is store_pg._APPEND_NEXT:
             counts["next"] += 1
         elif sql is store_pg._APPEND_ONE:
             counts["function"] += 1
-        return query(sql, args)
+        return query(sql, args, **kw)
 
     store.query = counted  # type: ignore[method-assign]
     return counts

@@ -40,15 +40,15 @@ def _cut(store: LogBase, url: str, when: str, commits: Callable[[str], bool]) ->
     ``commits``."""
     query = store.query
 
-    def cut(sql: str, args: Any = ()) -> Any:
+    def cut(sql: str, args: Any = (), **kw: Any) -> Any:
         if not commits(sql):
-            return query(sql, args)
+            return query(sql, args, **kw)
         store.query = query  # type: ignore[method-assign]  # once
         pid = store.db.info.backend_pid
         if when == "before":
             _terminate(url, pid)
-            return query(sql, args)  # the driver's error: the server is gone for it
-        result = query(sql, args)  # committed by the server
+            return query(sql, args, **kw)  # the driver's error: the server is gone for it
+        result = query(sql, args, **kw)  # committed by the server
         _terminate(url, pid)
         query("SELECT 1")  # the driver's error, as if the reply had been lost
         return result

@@ -147,11 +147,12 @@ _APPEND_ONE = "SELECT * FROM eventflow_append_one(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 
 # another writer's append in between). Seq order stays commit order: seq - 1 is committed.
 _APPEND_NEXT = f"""
 INSERT INTO events
-SELECT %(seq)s, %(stream)s, %(version)s, %(type)s, %(sv)s, %(data)s, %(meta)s, %(at)s,
-       %(key)s, %(hash)s
- WHERE EXISTS (SELECT FROM events AS e WHERE e.seq = %(seq)s - 1 AND e.hash = %(prev)s)
-   AND EXISTS (SELECT FROM events AS e
-                WHERE e.stream = %(stream)s AND e.version = %(version)s - 1)
+SELECT v.* FROM (VALUES (?::bigint, ?::text, ?::bigint, ?::text, ?::integer, ?::text, ?::text,
+                         ?::text, ?::text, ?::text))
+       AS v (seq, stream, version, type, schema_version, data, meta, recorded_at,
+             idempotency_key, hash)
+ WHERE EXISTS (SELECT FROM events AS e WHERE e.seq = v.seq - 1 AND e.hash = ?)
+   AND EXISTS (SELECT FROM events AS e WHERE e.stream = v.stream AND e.version = v.version - 1)
    AND CASE WHEN pg_try_advisory_xact_lock({APPEND_LOCK})
             THEN pg_notify('eventflow_appended', '') IS NOT NULL ELSE FALSE END
 ON CONFLICT DO NOTHING
@@ -216,6 +217,8 @@ class PostgresEventStore(LogBase):
         self._head: tuple[int, str] | None = None
         self._versions_seen: dict[str, int] = {}
         self._next_wait = 0  # appends to leave to the function after _APPEND_NEXT missed
+        self._next_backoff = 0  # how many the last miss left (doubling while misses go on)
+        self._cursor: Any = None  # query(reuse=True)'s
         self._in_transaction = False  # between _begin and _commit/_rollback
         self._last_row: tuple[int, str] | None = None  # this transaction's last (seq, hash)
         self._driver_errors = (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege)
@@ -284,13 +287,20 @@ class PostgresEventStore(LogBase):
         if self._listener is not None:
             self._listener.close()
 
-    def query(self, sql: str, args: Sequence[Any] = ()) -> Any:
+    def query(self, sql: str, args: Sequence[Any] = (), *, reuse: bool = False) -> Any:
+        """``sql`` run (``?`` marks); ``reuse``: on one cursor kept for it, for a statement
+        whose result is read before the next such one (a new cursor costs microseconds)."""
         if self.db.broken:  # lost earlier (a server restart, a terminated backend)
             if self._in_transaction:  # never finish a transaction on another connection
                 raise self._lost(RuntimeError("the connection broke inside this transaction"))
             self.db.close()
             self.db = self._connect()  # outside a transaction: connect again
         try:
+            if reuse:
+                cursor = self._cursor
+                if cursor is None or cursor.connection is not self.db:
+                    cursor = self._cursor = self.db.cursor()
+                return cursor.execute(_pg(sql), args)
             return self.db.execute(_pg(sql), args)
         except self._psycopg.OperationalError as exc:
             raise self._lost(exc) from None
@@ -427,11 +437,10 @@ class PostgresEventStore(LogBase):
                      data: str, meta: str, now: str, key: str | None) -> bool:
         """``_APPEND_NEXT``: whether it appended the row."""
         prev, seq, version, row_hash = guess
-        args = {"seq": seq, "stream": stream, "version": version, "type": type_, "sv": sv,
-                "data": data, "meta": meta, "at": now, "key": key, "hash": row_hash,
-                "prev": prev}
+        args = (seq, stream, version, type_, sv, data, meta, now, key, row_hash, prev)
         try:
-            if self.query(_APPEND_NEXT, args).rowcount == 1:
+            if self.query(_APPEND_NEXT, args, reuse=True).rowcount == 1:
+                self._next_backoff = 0
                 return True
         except LogUnavailableError as exc:
             if not self.db.broken:  # the server answered: it undid the statement
@@ -440,7 +449,10 @@ class PostgresEventStore(LogBase):
             return self._after_lost_commit(exc, f"seq {seq}", lambda db: db.execute(
                 "SELECT 1 FROM events WHERE seq = %s AND hash = %s", (seq, row_hash),
             ).fetchone()) is not None
-        self._next_wait = 8  # other writers append too: the function for the next few
+        # Another writer appended (or holds the lock) meanwhile: leave the next 1, 2, 4, 8
+        # appends to the function while that goes on (it waits its turn and reads the head).
+        self._next_backoff = min(2 * self._next_backoff + 1, 8)
+        self._next_wait = self._next_backoff
         return False
 
     # A batch's lookups bind one array instead of ``IN (?, ?, ...)``: one short statement that
