@@ -2,11 +2,12 @@
 
 ``python bench/bench_postgres.py [--quick] [--url URL]`` (default: scripts/local-postgres's
 server). Each run works in a fresh schema and drops it. Workloads:
-- durable append, 1 event per transaction (after 20 untimed on the same connection, both
-  sides): eventflow vs raw psycopg's ``INSERT`` of the same
+- durable append, 1 event per transaction over 50 streams (after 50 untimed on the same
+  connection, both sides): eventflow vs raw psycopg's ``INSERT`` of the same
   row in autocommit mode (its own transaction, committed durably before it returns: one round
   trip, the fastest honest way to do it) (goal 0.8x); raw ``BEGIN; INSERT; COMMIT`` (three round
-  trips, as ``with conn.transaction()`` does) is shown beside it
+  trips, as ``with conn.transaction()`` does) is shown beside it. Both sides' connections
+  must show the same durability settings (synchronous_commit and fsync on), checked per run
 - batched append, 1,000 events per transaction: eventflow vs raw COPY of the same rows
   (goal 0.5x and 20,000 events/s)
 - 4 writer processes at once vs 1 (throughput reported; every append must be there)
@@ -37,7 +38,9 @@ _INSERT = "INSERT INTO events VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 # Durable appends: the first few on a new connection, not timed (both sides): psycopg
 # prepares a statement at its 5th run, and the server compiles and plans on first use
 # (the append function's first call costs a few ms); a watcher's connection lives for hours.
-WARM_UP = 20
+# As many as there are streams (50): eventflow's connection then knows each stream's version,
+# as a long-lived watcher's does (a stream's first append on a connection is the function's).
+WARM_UP = 50
 
 
 def _schema(url: str) -> str:
@@ -51,10 +54,23 @@ def _in(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
+# Both sides' commits must be equally durable: the session settings that decide it, as each
+# side's own connection sees them (checked in every run; a difference stops the benchmark).
+DURABILITY = ("synchronous_commit", "fsync", "wal_sync_method", "commit_delay")
+SEEN: dict[str, tuple[str, ...]] = {}
+
+
+def _durability(db: psycopg.Connection, side: str) -> None:
+    SEEN[side] = tuple(db.execute(f"SHOW {name}").fetchone()[0] for name in DURABILITY)
+    assert SEEN[side][:2] == ("on", "on"), f"{side}: not a durable commit: {SEEN[side]}"
+    assert len(set(SEEN.values())) == 1, f"durability differs between the sides: {SEEN}"
+
+
 def raw_durable(url: str, n: int, *, explicit: bool = False) -> float:
     """Raw INSERTs, each durably committed: autocommit (one round trip), or ``explicit``
     BEGIN / INSERT / COMMIT."""
     with psycopg.connect(url, autocommit=True) as db:
+        _durability(db, "raw BEGIN/INSERT/COMMIT" if explicit else "raw INSERT")
         db.execute(SCHEMA)
         t = 0.0
         for i in range(1, WARM_UP + n + 1):
@@ -70,6 +86,7 @@ def raw_durable(url: str, n: int, *, explicit: bool = False) -> float:
 
 def ef_durable(url: str, n: int) -> float:
     with open_store(url, create=True) as s:
+        _durability(s.db, "eventflow")  # type: ignore[attr-defined]
         t = 0.0
         for i in range(WARM_UP + n):
             if i == WARM_UP:
@@ -161,6 +178,8 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as db:
             for name in schemas:
                 db.execute(f"DROP SCHEMA {name} CASCADE")
+    print("durable commits on both sides: "
+          + ", ".join(f"{k}={v}" for k, v in zip(DURABILITY, SEEN["eventflow"], strict=True)))
     print("| workload | eventflow | baseline | ratio | goal | met |")
     print("|---|---|---|---|---|---|")
     print(f"| durable append, 1 event/tx | {d_ef:,.0f}/s | {d_raw:,.0f}/s raw INSERT "

@@ -49,4 +49,6 @@ class UnreadableOutput(EventflowError):
 
 class LogUnavailableError(EventflowError):
     """The log's server cannot be reached, or the connection to it was lost; whatever
-    transaction was open is gone whole (nothing half-written). Retrying later may succeed."""
+    transaction was open is gone whole (nothing half-written). Retrying later may succeed.
+    (Lost during a commit, the message says what a new connection found, or that the outcome
+    is unknown.)"""

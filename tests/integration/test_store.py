@@ -306,3 +306,27 @@ def test_a_wrong_guess_of_the_head_is_never_stored(need_postgres: str) -> None:
         a.append("s", [ev.MaterialReleased()])
         a.append("s", [ev.MaterialHeld("c")])  # and the guess right again
         assert a.verify_chain() == (6, [])
+
+
+def test_a_nul_character_is_refused_before_anything_is_written(store: LogBase) -> None:
+    """PostgreSQL's text cannot hold NUL, so neither store's log does: an event with one (in
+    its data, meta, stream or key) is refused in one line, alone or in a batch, whole; a
+    literal backslash-u0000 in text is no NUL and round-trips."""
+    store.append("a", [_registered("a")])
+    refusals = [
+        lambda: store.append("a", [ev.MaterialHeld("zeros\x00\x00")]),
+        lambda: store.append("a", [ev.MaterialHeld("x")], meta={"note": "a\x00"}),
+        lambda: store.append("a\x00b", [ev.MaterialHeld("x")]),
+        lambda: store.append("a", [ev.MaterialHeld("x")], idempotency_key="k\x00"),
+        lambda: store.append_many([NewEvent(f"m{i}", _registered(f"m{i}")) for i in range(50)]
+                                  + [NewEvent("m", ev.MaterialHeld("\x00"))]),
+    ]
+    for refused in refusals:
+        with pytest.raises(EventflowError, match=r"NUL character \(\\x00\)") as caught:
+            refused()
+        assert "\n" not in str(caught.value) and "nothing of this append" in str(caught.value)
+    assert store.last_seq() == 1
+    literal = "C:\\u0000 is no NUL"
+    (rec,) = store.append("a", [ev.MaterialHeld(literal)], meta={"n": literal})
+    assert [r.event for r in store.read(after=1)] == [ev.MaterialHeld(literal)]
+    assert rec.seq == 2 and store.verify_chain() == (2, [])

@@ -224,8 +224,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
             emit(_event_dict(rec))
         if not args.follow:
             return 0
+        def lost(exc: Exception | None, wait: float) -> None:  # a log server restarting
+            print(f"eventflow: waiting for the log's server (retrying in {wait:g} s): {exc}"
+                  if exc is not None else "eventflow: the log's server answers again",
+                  file=sys.stderr, flush=True)
+
         try:
-            for rec in follow(store, head, stream=args.material, types=types):
+            for rec in follow(store, head, stream=args.material, types=types, lost=lost):
                 emit(_event_dict(rec))
         except KeyboardInterrupt:
             return 0

@@ -21,7 +21,7 @@ import attrs
 from eventflow.core.naming import NamingRule, hill_formula, name_calculation
 from eventflow.shell.import_scan import Candidate
 from eventflow.shell.interpret import as_properties
-from eventflow.shell.parsing import MAX_BYTES, plugins
+from eventflow.shell.parsing import MAX_BYTES, decode_output, plugins
 
 NOT_DFT = ("slurm", "noop")
 
@@ -99,7 +99,7 @@ def _parse(c: Candidate) -> Parsed:
     if isinstance(read, str):
         return Parsed(c.path, problem=read)
     raw, mtime = read
-    text = raw.decode("utf-8", errors="replace")
+    text = decode_output(raw)
     code = next((n for n in _WORKER["codes"] if _WORKER["plugins"][n].detect(text)), None)
     if code is None:
         return Parsed(c.path, problem="not an output of a known program")
@@ -168,7 +168,7 @@ def _job_log(logs: tuple[tuple[str, str], ...]) -> tuple[str | None, str | None,
     slurm = _WORKER["plugins"].get("slurm")
     if isinstance(read, str) or slurm is None:
         return job_id, None, []
-    result = slurm.parse(read[0].decode("utf-8", errors="replace"))
+    result = slurm.parse(decode_output(read[0]))
     name = os.path.basename(path)
     evidence = [{**f.to_dict(), "file": name} for f in result.errors]
     return job_id, result.error_kind, evidence
@@ -198,7 +198,7 @@ def _postprocessed(code: str, step: str, folder: str) -> dict[str, Any]:
     for name in postproc.OUTPUTS.get(step, ()):
         read = _read(os.path.join(folder, name))
         if not isinstance(read, str):
-            texts[name] = read[0].decode("utf-8", errors="replace")
+            texts[name] = decode_output(read[0])
     if not texts:
         return {}
     try:
@@ -218,7 +218,7 @@ def _input_step(inputs: tuple[str, ...]) -> str | None:
         if isinstance(read, str):
             continue
         try:
-            names = {e.name for e in parse_d3(read[0].decode("utf-8", errors="replace"))}
+            names = {e.name for e in parse_d3(decode_output(read[0]))}
         except ValueError:
             continue
         for keyword, step in (("BAND", "BAND"), ("DOSS", "DOS")):
@@ -234,7 +234,7 @@ def _input_formula(inputs: tuple[str, ...]) -> str:
         read = _read(path)
         if isinstance(read, str):
             continue
-        text = read[0].decode("utf-8", errors="replace")
+        text = decode_output(read[0])
         try:
             if suffix == ".d12":
                 from eventflow.codes.crystal import d12, deck

@@ -20,6 +20,7 @@ from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.errors import UnreadableOutput
 from eventflow.shell.jobs import open_nonblocking
+from eventflow.shell.parsing import decode_output
 from eventflow.shell.project import Project
 
 MAX_OUTPUT_BYTES = 256 * 1024 * 1024
@@ -47,7 +48,7 @@ def _read(path: Path) -> str | None:
                 data = handle.read()
     except OSError:
         return None
-    return data.decode("utf-8", errors="replace")
+    return decode_output(data)
 
 
 def unit_of(name: str) -> str:

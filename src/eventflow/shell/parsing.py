@@ -42,6 +42,13 @@ def _plugins() -> dict[str, Any]:
     return found
 
 
+def decode_output(raw: bytes) -> str:
+    """A program's output bytes as text: undecodable bytes, and NUL (a crashed node's file
+    often ends in blocks of zeros), become U+FFFD. Evidence quoted from it then holds no NUL,
+    which PostgreSQL's text cannot store, and reads the same on every store."""
+    return raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
 def read_text(path: Path) -> str:
     try:
         size = path.stat().st_size
@@ -52,7 +59,7 @@ def read_text(path: Path) -> str:
         raise EventflowError(f"{path}: cannot read: {exc.strerror}") from exc
     if b"\x00" in raw[:65536]:
         raise EventflowError(f"{path}: binary data, not a program output")
-    return raw.decode("utf-8", errors="replace")
+    return decode_output(raw)
 
 
 def parse_text(text: str, code: str | None = None, *, source: str = "text") -> Any:

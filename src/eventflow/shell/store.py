@@ -130,6 +130,33 @@ def default_meta(actor: str = "cli") -> dict[str, Any]:
     return {"actor": actor, "host": _HOST[1], "pid": pid}
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def refuse_nul(stream: str, e: ev.Event, key: str | None, data: str, meta: str,
+               meta_obj: dict[str, Any]) -> None:
+    """No text in the log holds a NUL (\\x00): PostgreSQL's text cannot, and one contract
+    holds on both stores. ``data`` and ``meta`` are the row's JSON, where orjson writes NUL as
+    ``\\u0000``; only then are the values themselves looked through (a literal backslash-u0000
+    in some text is no NUL)."""
+    if not ("\x00" in stream or (key is not None and "\x00" in key) or (
+            ("\\u0000" in data or "\\u0000" in meta)
+            and (_has_nul(_event_data(e)) or _has_nul(meta_obj)))):
+        return
+    source = meta_obj.get("source")
+    raise EventflowError(
+        f"{f'{source}: ' if source else ''}refused: a {e.TYPE} event for {stream!r} has a NUL "
+        "character (\\x00) in its text, which the log cannot hold (PostgreSQL's text "
+        "cannot); nothing of this append was written")
+
+
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
     """The ``WHERE`` text and arguments of those ``(clause, value)`` whose value is not None
     (the clauses are fixed text; only the values come from callers)."""
@@ -299,6 +326,9 @@ class LogBase:
                 meta_obj = {**base_meta, **own}
                 merged = metas[id(own)] = (meta_obj, dumps(meta_obj, option=option).decode())
             meta = merged[1]
+            if "\\u0000" in data or "\\u0000" in meta or "\x00" in stream or (
+                    key is not None and "\x00" in key):
+                refuse_nul(stream, e, key, data, meta, merged[0])
             type_, sv = e.TYPE, e.VERSION
             # The same bytes as row_hash(): canonical JSON of the row, chained on prev.
             h = sha256(prev_bytes + dumps(
