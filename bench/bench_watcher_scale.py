@@ -65,6 +65,7 @@ FINISHED = ((40, _sp_done), (12, _sp_retry_done), (7, _full_done), (6, _lost_the
 JOB_NAME = f"eventflow-bench-scale-{os.getpid()}"
 CHUNK = 1000  # ids per squeue / scancel call, as the watcher does
 WAIT = 600.0
+SPARE = 500  # room left in SLURM's job table for others (finished jobs stay there 300 s)
 
 
 # --- the project ------------------------------------------------------------------------------
@@ -163,14 +164,15 @@ def _make_folders(folder: Path, directories: list[str]) -> int:
 
 
 def room_in_slurm(wanted: int) -> tuple[int, str]:
-    """How many held jobs fit under MaxJobCount beside what the table holds now (100 spare)."""
+    """How many held jobs fit under MaxJobCount beside what the table holds now, leaving
+    SPARE for the other users of a shared cluster."""
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
                             check=True).stdout
     match = re.search(r"^MaxJobCount\s*=\s*(\d+)", config, re.M)
     limit = int(match.group(1)) if match else 10_000
     in_table = len(subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i"],
                                   capture_output=True, text=True, check=True).stdout.split())
-    fits = max(0, min(wanted, limit - in_table - 100))
+    fits = max(0, min(wanted, limit - in_table - SPARE))
     return fits, f"MaxJobCount {limit}, {in_table} jobs in the table before"
 
 
