@@ -15,7 +15,9 @@ Measured, each as its own process:
    (squeue, 1,000 ids a call); its wall, CPU and peak RSS. Then the same cycle in this process
    with every scheduler command timed, against the baseline of the bare squeue calls for the
    same ids (what any watcher must pay to ask).
-2. ``eventflow watch`` (the daemon; inotify, then ``--poll 1``) with ``--reconcile 5``: started,
+2. before this (no job yet submitted): what the daemon's watch used to cost, watchdog's
+   recursive inotify observer on the whole calcs/ tree, as a process of its own;
+3. ``eventflow watch`` (the daemon; inotify, then ``--poll 1``) with ``--reconcile 5``: started,
    left to run several cycles, then one active job's completion record is written and the
    daemon must record it (JobFinished) through its watch; its peak RSS (VmHWM), its RSS, and the
    inotify watches it holds (from /proc). Baseline: the peak RSS of the ``--once`` process.
@@ -250,6 +252,38 @@ def cycle_in_process(project: Path) -> dict[str, float]:
     return {"wall": wall, **spent}
 
 
+# The daemon's watch before it watched only active folders: watchdog's inotify observer on the
+# whole calcs/ tree (its watches are added when it starts); the observer process's peak RSS.
+WHOLE_TREE = """
+import pathlib, sys, time
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+observer = Observer()
+observer.schedule(FileSystemEventHandler(), sys.argv[1], recursive=True)
+observer.start()
+time.sleep(2)
+watches = 0
+for fd in list(pathlib.Path("/proc/self/fdinfo").iterdir()):
+    try:
+        watches += fd.read_text().count("inotify wd:")
+    except OSError:
+        pass
+print(next(int(line.split()[1]) for line in
+           pathlib.Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")),
+      watches)
+observer.stop()
+"""
+
+
+def whole_tree_observer(calcs: Path) -> tuple[float, int]:
+    """Peak RSS (MB) of a process holding watchdog's recursive inotify watch on ``calcs``, and
+    its inotify watches."""
+    out = subprocess.run([sys.executable, "-c", WHOLE_TREE, str(calcs)], capture_output=True,
+                         text=True, check=True, timeout=WAIT)
+    hwm, watches = out.stdout.split()[-2:]
+    return int(hwm) / 1024, int(watches)
+
+
 def _status(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -321,6 +355,45 @@ def _read(path: Path) -> str:
 # --- report -----------------------------------------------------------------------------------
 
 
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def report(materials: int, finished_folders: int, folders: int, ids: list[str], why: str,
+           submit_s: float, whole_tree: tuple[float, int], first: tuple[float, float, float],
+           again: tuple[float, float, float], inside: dict[str, float], bare: float, calls: int,
+           inotify: dict[str, float], polling: dict[str, float], quick: bool) -> str:
+    n = len(ids)
+    lines = [
+        f"### The watcher at scale (bench/bench_watcher_scale.py{' --quick' if quick else ''})",
+        "",
+        f"{materials:,} materials, {folders:,} job folders on disk, {n:,} real held SLURM jobs "
+        f"active ({why}; submitted in {submit_s:.0f} s, then scancelled).",
+        "",
+        "| what | measured | baseline | ratio | goal | met |",
+        "|---|---:|---:|---:|---|---|",
+        f"| one cycle with {n:,} active jobs, `watch --once` process: wall (CPU {again[1]:.2f} s;"
+        f" the first run {first[0]:.2f} s) | {again[0]:.2f} s | {bare:.2f} s (bare squeue, "
+        f"{calls} calls) | {again[0] / bare:.1f}x | (information) | - |",
+        f"| the same cycle in process (Runner.cycle) | {inside['wall']:.2f} s | {bare:.2f} s | "
+        f"{inside['wall'] / bare:.1f}x | (information) | - |",
+        f"| ... of which scheduler commands ({inside['calls']:.0f} calls) | "
+        f"{inside['seconds']:.2f} s | {bare:.2f} s | {inside['seconds'] / bare:.1f}x | "
+        f"(information) | - |",
+        f"| before this change: watchdog's recursive inotify observer on calcs/ (the "
+        f"{finished_folders:,} folders of finished jobs; {whole_tree[1]:,} inotify watches), "
+        f"that process alone, peak RSS | {whole_tree[0]:.0f} MB | - | - | (information) | - |",
+    ]
+    for name, d in (("inotify", inotify), ("polling every 1 s", polling)):
+        met = "yes" if d["hwm"] < 150 else "no"
+        lines.append(f"| daemon ({name}), peak RSS (VmHWM; RSS at the end {d['rss']:.0f} MB, "
+                     f"{d['watches']:.0f} inotify watches) | {d['hwm']:.0f} MB | {again[2]:.0f} MB"
+                     f" (`watch --once`) | {d['hwm'] / again[2]:.2f}x | < 150 MB | {met} |")
+        lines.append(f"| daemon ({name}): record written -> JobFinished | "
+                     f"{d['reaction'] * 1000:.0f} ms | - | - | (information) | - |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -331,17 +404,25 @@ def main() -> int:
     wanted = args.active if args.active is not None else (200 if args.quick else 10_000)
     if shutil.which("squeue") is None:
         raise SystemExit("bench_watcher_scale: SLURM not found (slurm/local-cluster start)")
-    with tempfile.TemporaryDirectory(prefix="eventflow-watcher-scale-") as tmp:
+    # A RAM-backed folder where there is one: 400,000 folders take many minutes to make and to
+    # remove on a slow disk, and neither inotify nor the daemon's memory depends on where.
+    scratch = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="eventflow-watcher-scale-", dir=scratch) as tmp:
         # Everything that needs no job id first: the held jobs fill SLURM's table only for the
         # measurement itself (a few minutes).
-        project, folders = make_finished_project(Path(tmp) / "proj", materials - wanted)
+        project, finished_folders = make_finished_project(Path(tmp) / "proj", materials - wanted)
+        folders = finished_folders
+        say(f"{finished_folders:,} folders of finished jobs made; the whole-tree observer...")
+        whole_tree = whole_tree_observer(project / "calcs")
         fits, why = room_in_slurm(wanted)
         ids: list[str] = []
         try:
+            say(f"submitting {fits:,} held jobs ({why})...")
             ids, submit_s = submit_held(fits)
             if not ids:
                 raise SystemExit(f"no room in SLURM for held jobs ({why})")
             folders += add_active(project, ids)
+            say("one cycle (watch --once, then in process), then the daemons...")
             once = [*CLI, "--project", str(project), "watch", "--once", "--quiet"]
             first = timed(once)
             again = timed(once)
@@ -351,28 +432,9 @@ def main() -> int:
             polling = daemon(project, ["--poll", "1"], 15.0, "calcs/active-000002/SP/1")
         finally:
             cancel(ids)
-    n = len(ids)
-    flag = " --quick" if args.quick else ""
-    print(f"### The watcher at scale (bench/bench_watcher_scale.py{flag})\n")
-    print(f"{materials - wanted + n:,} materials, {folders:,} job folders on disk, {n:,} real "
-          f"held SLURM jobs active ({why}; submitted in {submit_s:.0f} s, then scancelled).\n")
-    print("| what | measured | baseline | ratio | goal | met |")
-    print("|---|---:|---:|---:|---|---|")
-    print(f"| one cycle with {n:,} active jobs, `watch --once` process: wall (CPU {again[1]:.2f} s"
-          f"; the first run {first[0]:.2f} s) | {again[0]:.2f} s | {bare:.2f} s (bare squeue, "
-          f"{calls} calls) | {again[0] / bare:.1f}x | (information) | - |")
-    print(f"| the same cycle in process (Runner.cycle) | {inside['wall']:.2f} s | {bare:.2f} s | "
-          f"{inside['wall'] / bare:.1f}x | (information) | - |")
-    print(f"| ... of which scheduler commands ({inside['calls']:.0f} calls) | "
-          f"{inside['seconds']:.2f} s | {bare:.2f} s | {inside['seconds'] / bare:.1f}x | "
-          f"(information) | - |")
-    for name, d in (("inotify", inotify), ("polling every 1 s", polling)):
-        met = "yes" if d["hwm"] < 150 else "no"
-        print(f"| daemon ({name}), peak RSS (VmHWM; RSS at the end {d['rss']:.0f} MB, "
-              f"{d['watches']:.0f} inotify watches) | {d['hwm']:.0f} MB | {again[2]:.0f} MB "
-              f"(`watch --once`) | {d['hwm'] / again[2]:.2f}x | < 150 MB | {met} |")
-        print(f"| daemon ({name}): record written -> JobFinished | {d['reaction'] * 1000:.0f} ms"
-              f" | - | - | (information) | - |")
+        print(report(materials - wanted + len(ids), finished_folders, folders, ids, why, submit_s,
+                     whole_tree, first, again, inside, bare, calls, inotify, polling,
+                     args.quick), flush=True)  # before the folders are removed (minutes)
     return 0
 
 
