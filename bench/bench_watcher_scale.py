@@ -275,13 +275,17 @@ observer.stop()
 """
 
 
-def whole_tree_observer(calcs: Path) -> tuple[float, int]:
-    """Peak RSS (MB) of a process holding watchdog's recursive inotify watch on ``calcs``, and
-    its inotify watches."""
+def whole_tree_observer(calcs: Path) -> str:
+    """Peak RSS of a process holding watchdog's recursive inotify watch on ``calcs`` and its
+    inotify watches, or why it could not watch them all (the kernel's watch limit)."""
     out = subprocess.run([sys.executable, "-c", WHOLE_TREE, str(calcs)], capture_output=True,
-                         text=True, check=True, timeout=WAIT)
+                         text=True, timeout=WAIT)
+    if out.returncode != 0:
+        limit = Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
+        error = (out.stderr.strip().splitlines() or ["?"])[-1]
+        return f"failed (fs.inotify.max_user_watches = {limit}): {error}"
     hwm, watches = out.stdout.split()[-2:]
-    return int(hwm) / 1024, int(watches)
+    return f"{int(hwm) / 1024:.0f} MB, {int(watches):,} inotify watches"
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -360,7 +364,7 @@ def say(message: str) -> None:
 
 
 def report(materials: int, finished_folders: int, folders: int, ids: list[str], why: str,
-           submit_s: float, whole_tree: tuple[float, int], first: tuple[float, float, float],
+           submit_s: float, whole_tree: str, first: tuple[float, float, float],
            again: tuple[float, float, float], inside: dict[str, float], bare: float, calls: int,
            inotify: dict[str, float], polling: dict[str, float], quick: bool) -> str:
     n = len(ids)
@@ -381,8 +385,8 @@ def report(materials: int, finished_folders: int, folders: int, ids: list[str], 
         f"{inside['seconds']:.2f} s | {bare:.2f} s | {inside['seconds'] / bare:.1f}x | "
         f"(information) | - |",
         f"| before this change: watchdog's recursive inotify observer on calcs/ (the "
-        f"{finished_folders:,} folders of finished jobs; {whole_tree[1]:,} inotify watches), "
-        f"that process alone, peak RSS | {whole_tree[0]:.0f} MB | - | - | (information) | - |",
+        f"{finished_folders:,} folders of finished jobs), that process alone: peak RSS | "
+        f"{whole_tree} | - | - | (information) | - |",
     ]
     for name, d in (("inotify", inotify), ("polling every 1 s", polling)):
         met = "yes" if d["hwm"] < 150 else "no"
