@@ -12,15 +12,16 @@ Submissions are off (``max_submit: 0``), so nothing else reaches the cluster.
 Measured, each as its own process:
 
 1. ``eventflow watch --once``: one cycle over the project, asking SLURM about every active job
-   (squeue, 1,000 ids a call); its wall, CPU and peak RSS. Then the same cycle in this process
-   with every scheduler command timed, against the baseline of the bare squeue calls for the
-   same ids (what any watcher must pay to ask).
+   (squeue, 1,000 ids a call); its wall, CPU and peak RSS (wait4's, which also counts its
+   reaped children, the squeue calls; one squeue's is shown beside it). Then the same cycle in
+   a process of its own with every scheduler command timed, and that process's own peak RSS;
+   against the baseline of the bare squeue calls for the same ids (what any watcher must pay).
 2. before this (no job yet submitted): what the daemon's watch used to cost, watchdog's
    recursive inotify observer on the whole calcs/ tree, as a process of its own;
 3. ``eventflow watch`` (the daemon; inotify, then ``--poll 1``) with ``--reconcile 5``: started,
    left to run several cycles, then one active job's completion record is written and the
    daemon must record it (JobFinished) through its watch; its peak RSS (VmHWM), its RSS, and the
-   inotify watches it holds (from /proc). Baseline: the peak RSS of the ``--once`` process.
+   inotify watches it holds (from /proc). Baseline: the own peak RSS of the one-cycle process.
 
 Goal (issue: simulation and soak): the daemon's RSS with 100,000 materials < 150 MB.
 
@@ -200,15 +201,21 @@ def cancel(ids: list[str]) -> None:
         subprocess.run(["scancel", *ids[i:i + CHUNK]], capture_output=True)
 
 
-def bare_squeue(ids: list[str]) -> tuple[float, int]:
-    """The baseline: squeue about ``ids``, 1,000 a call, output read and nothing else."""
+def bare_squeue(ids: list[str]) -> tuple[float, int, float]:
+    """The baseline: squeue about ``ids``, 1,000 a call, output read and nothing else; the wall
+    time, the calls, and the largest squeue's peak RSS (MB)."""
     start = time.perf_counter()
-    calls = 0
+    calls, peak = 0, 0.0
     for i in range(0, len(ids), CHUNK):
-        subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i|%T|%r|%N|%j",
-                        f"--jobs={','.join(ids[i:i + CHUNK])}"], capture_output=True, check=True)
+        proc = subprocess.Popen(["squeue", "--noheader", "--states=all",
+                                 "--format=%i|%T|%r|%N|%j", f"--jobs={','.join(ids[i:i + CHUNK])}"],
+                                stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"squeue failed: exit {os.waitstatus_to_exitcode(status)}")
         calls += 1
-    return time.perf_counter() - start, calls
+        peak = max(peak, usage.ru_maxrss / 1024)
+    return time.perf_counter() - start, calls, peak
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -227,7 +234,16 @@ def timed(argv: list[str]) -> tuple[float, float, float]:
 
 
 def cycle_in_process(project: Path) -> dict[str, float]:
-    """One Runner.cycle with every scheduler command (squeue, scontrol, sacct) timed."""
+    """One Runner.cycle in a process of its own (``--cycle PROJECT``), every scheduler command
+    timed; with that process's own peak RSS (its squeue children not counted)."""
+    out = subprocess.run([sys.executable, __file__, "--cycle", str(project)], check=True,
+                         capture_output=True, text=True, timeout=WAIT)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def _cycle_child(project: Path) -> None:
+    import resource
+
     from eventflow.shell.api import Tracker
     from eventflow.shell.runner import Runner
     from eventflow.shell.scheduler import SlurmScheduler, run_command
@@ -249,7 +265,8 @@ def cycle_in_process(project: Path) -> dict[str, float]:
         wall = time.perf_counter() - start
     if report.busy():
         raise SystemExit(f"the cycle over held jobs recorded something: {report}")
-    return {"wall": wall, **spent}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall": wall, "rss": rss, **spent}))
 
 
 # The daemon's watch before it watched only active folders: watchdog's inotify observer on the
@@ -366,7 +383,8 @@ def say(message: str) -> None:
 def report(materials: int, finished_folders: int, folders: int, ids: list[str], why: str,
            submit_s: float, whole_tree: str, first: tuple[float, float, float],
            again: tuple[float, float, float], inside: dict[str, float], bare: float, calls: int,
-           inotify: dict[str, float], polling: dict[str, float], quick: bool) -> str:
+           squeue_rss: float, inotify: dict[str, float], polling: dict[str, float],
+           quick: bool) -> str:
     n = len(ids)
     lines = [
         f"### The watcher at scale (bench/bench_watcher_scale.py{' --quick' if quick else ''})",
@@ -377,9 +395,11 @@ def report(materials: int, finished_folders: int, folders: int, ids: list[str], 
         "| what | measured | baseline | ratio | goal | met |",
         "|---|---:|---:|---:|---|---|",
         f"| one cycle with {n:,} active jobs, `watch --once` process: wall (CPU {again[1]:.2f} s;"
-        f" the first run {first[0]:.2f} s) | {again[0]:.2f} s | {bare:.2f} s (bare squeue, "
+        f" the first run {first[0]:.2f} s; peak RSS with its squeue children {again[2]:.0f} MB, "
+        f"one squeue alone {squeue_rss:.0f} MB) | {again[0]:.2f} s | {bare:.2f} s (bare squeue, "
         f"{calls} calls) | {again[0] / bare:.1f}x | (information) | - |",
-        f"| the same cycle in process (Runner.cycle) | {inside['wall']:.2f} s | {bare:.2f} s | "
+        f"| the same cycle in process (Runner.cycle; that process's own peak RSS "
+        f"{inside['rss']:.0f} MB) | {inside['wall']:.2f} s | {bare:.2f} s | "
         f"{inside['wall'] / bare:.1f}x | (information) | - |",
         f"| ... of which scheduler commands ({inside['calls']:.0f} calls) | "
         f"{inside['seconds']:.2f} s | {bare:.2f} s | {inside['seconds'] / bare:.1f}x | "
@@ -391,8 +411,9 @@ def report(materials: int, finished_folders: int, folders: int, ids: list[str], 
     for name, d in (("inotify", inotify), ("polling every 1 s", polling)):
         met = "yes" if d["hwm"] < 150 else "no"
         lines.append(f"| daemon ({name}), peak RSS (VmHWM; RSS at the end {d['rss']:.0f} MB, "
-                     f"{d['watches']:.0f} inotify watches) | {d['hwm']:.0f} MB | {again[2]:.0f} MB"
-                     f" (`watch --once`) | {d['hwm'] / again[2]:.2f}x | < 150 MB | {met} |")
+                     f"{d['watches']:,.0f} inotify watches) | {d['hwm']:.0f} MB | "
+                     f"{inside['rss']:.0f} MB (one cycle, no observer) | "
+                     f"{d['hwm'] / inside['rss']:.2f}x | < 150 MB | {met} |")
         lines.append(f"| daemon ({name}): record written -> JobFinished | "
                      f"{d['reaction'] * 1000:.0f} ms | - | - | (information) | - |")
     return "\n".join(lines)
@@ -401,9 +422,13 @@ def report(materials: int, finished_folders: int, folders: int, ids: list[str], 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cycle", type=Path, help=argparse.SUPPRESS)  # the child of step 1
     parser.add_argument("--active", type=int, default=None,
                         help="real held jobs (default 10,000; --quick 200)")
     args = parser.parse_args()
+    if args.cycle is not None:
+        _cycle_child(args.cycle)
+        return 0
     materials = 10_000 if args.quick else 100_000
     wanted = args.active if args.active is not None else (200 if args.quick else 10_000)
     if shutil.which("squeue") is None:
@@ -431,13 +456,13 @@ def main() -> int:
             first = timed(once)
             again = timed(once)
             inside = cycle_in_process(project)
-            bare, calls = bare_squeue(ids)
+            bare, calls, squeue_rss = bare_squeue(ids)
             inotify = daemon(project, [], 15.0, "calcs/active-000001/SP/1")
             polling = daemon(project, ["--poll", "1"], 15.0, "calcs/active-000002/SP/1")
         finally:
             cancel(ids)
         print(report(materials - wanted + len(ids), finished_folders, folders, ids, why, submit_s,
-                     whole_tree, first, again, inside, bare, calls, inotify, polling,
+                     whole_tree, first, again, inside, bare, calls, squeue_rss, inotify, polling,
                      args.quick), flush=True)  # before the folders are removed (minutes)
     return 0
 
