@@ -213,6 +213,14 @@ def bare_squeue(ids: list[str]) -> tuple[float, int]:
     return time.perf_counter() - start, calls
 
 
+def one_listing() -> tuple[float, int]:
+    """For comparison: one squeue listing every job of this user (no --jobs filter)."""
+    start = time.perf_counter()
+    out = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i|%T|%r|%N|%j",
+                          "--me"], capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, len(out.stdout.splitlines())
+
+
 # --- measurements -----------------------------------------------------------------------------
 
 
@@ -378,7 +386,8 @@ def say(message: str) -> None:
 def report(materials: int, finished_folders: int, folders: int, ids: list[str], why: str,
            submit_s: float, whole_tree: str, first: tuple[float, float, float],
            again: tuple[float, float, float], inside: dict[str, float], bare: float, calls: int,
-           inotify: dict[str, float], polling: dict[str, float], quick: bool) -> str:
+           listing: tuple[float, int], inotify: dict[str, float], polling: dict[str, float],
+           quick: bool) -> str:
     n = len(ids)
     lines = [
         f"### The watcher at scale (bench/bench_watcher_scale.py{' --quick' if quick else ''})",
@@ -397,6 +406,8 @@ def report(materials: int, finished_folders: int, folders: int, ids: list[str], 
         f"| ... of which scheduler commands ({inside['calls']:.0f} calls) | "
         f"{inside['seconds']:.2f} s | {bare:.2f} s | {inside['seconds'] / bare:.1f}x | "
         f"(information) | - |",
+        f"| for comparison: one `squeue --me` listing all {listing[1]:,} of this user's jobs | "
+        f"{listing[0]:.2f} s | {bare:.2f} s | {listing[0] / bare:.2f}x | (information) | - |",
         f"| before this change: watchdog's recursive inotify observer on calcs/ (the "
         f"{finished_folders:,} folders of finished jobs), that process alone: peak RSS | "
         f"{whole_tree} | - | - | (information) | - |",
@@ -450,12 +461,13 @@ def main() -> int:
             again = timed(once)
             inside = cycle_in_process(project)
             bare, calls = bare_squeue(ids)
+            listing = one_listing()
             inotify = daemon(project, [], 18.0, "calcs/active-000001/SP/1")
             polling = daemon(project, ["--poll", "1"], 18.0, "calcs/active-000002/SP/1")
         finally:
             cancel(ids)
         print(report(materials - wanted + len(ids), finished_folders, folders, ids, why, submit_s,
-                     whole_tree, first, again, inside, bare, calls, inotify, polling,
+                     whole_tree, first, again, inside, bare, calls, listing, inotify, polling,
                      args.quick), flush=True)  # before the folders are removed (minutes)
     return 0
 
