@@ -1,7 +1,8 @@
 """``eventflow watch``: the long-running process on the login node.
 
-It reacts to completion records as they appear (inotify through watchdog, or
-polling for NFS/Lustre where inotify sees nothing from other nodes), and every
+It reacts to completion records as they appear in the folders of the jobs it
+follows (inotify, or polling for NFS/Lustre where inotify sees nothing from other
+nodes; see shell/jobwatch.py), to the log growing (watchdog), and every
 ``reconcile`` seconds asks the scheduler about the jobs it follows. A remote cluster's
 records appear on the cluster, not here: while jobs run on one, every ``remote_poll``
 seconds it is asked (one round trip per cluster) which of them finished. All work
@@ -25,6 +26,7 @@ import attrs
 
 from eventflow.errors import ConfigError, LogUnavailableError
 from eventflow.shell.api import Tracker
+from eventflow.shell.jobwatch import FolderWatch, active_folders, folder_watch
 from eventflow.shell.lock import LockHeld, LockLost, ProjectLock
 from eventflow.shell.runner import CycleReport, Runner
 
@@ -133,6 +135,8 @@ class Watcher:
         self.stopping = threading.Event()
         self._lost = False  # the log's server was unreachable; say when it answers again
         self._log_wait = LOG_WAIT_S[0]  # how long to wait before asking it again
+        # The folders of the jobs followed, watched for their record; synced after each cycle.
+        self.folders: FolderWatch = folder_watch(self._on_record, poll)
 
     def stop(self, *_: Any) -> None:
         self.stopping.set()
@@ -156,14 +160,7 @@ class Watcher:
             from watchdog.observers import Observer
 
             observer = Observer()
-        wake, record_seen = self.wake, self.record_seen
-
-        class OnRecord(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                path = str(getattr(event, "dest_path", "") or event.src_path)
-                if path.endswith(RECORD):
-                    record_seen.set()
-                    wake.set()
+        wake = self.wake
 
         class OnLog(FileSystemEventHandler):
             """Another process appended (`eventflow add`, `retry`, `release`): react now,
@@ -173,11 +170,14 @@ class Watcher:
                 if Path(str(event.src_path)).name in LOG_FILES:
                     wake.set()
 
-        calcs = self.tracker.project.calcs
-        calcs.mkdir(exist_ok=True)
-        observer.schedule(OnRecord(), str(calcs), recursive=True)
+        # Job folders are not watched here: only the active ones are, by self.folders.
+        self.tracker.project.calcs.mkdir(exist_ok=True)
         observer.schedule(OnLog(), str(self.tracker.project.state_dir), recursive=False)
         return observer
+
+    def _on_record(self) -> None:
+        self.record_seen.set()
+        self.wake.set()
 
     def run(self) -> int:
         lock = ProjectLock(self.tracker.project.lock_path)
@@ -193,9 +193,10 @@ class Watcher:
             signal.signal(sig, self.stop)
         observer = self._observer()
         observer.start()
+        self.folders.start()
         runner = Runner(self.tracker, self.scheduler)
         runner.fence = lock.fence
-        log.info("watching %s (%s)", self.tracker.project.calcs,
+        log.info("watching the folders of active jobs in %s (%s)", self.tracker.project.calcs,
                  f"polling every {self.poll} s" if self.poll else "inotify")
         try:
             self._loop(runner, lock)
@@ -205,6 +206,7 @@ class Watcher:
         finally:
             observer.stop()
             observer.join(timeout=10)
+            self.folders.stop()
             lock.release()
             log.info("watcher stopped")
         return 0
@@ -272,10 +274,12 @@ class Watcher:
                           next_retry if next_retry is not None else float("inf"))
             self.wake.wait(max(0.0, wake_at - time.monotonic()))
 
-    @staticmethod
-    def _cycle(runner: Runner, *, reconcile: bool, remote: bool) -> CycleReport | None:
+    def _cycle(self, runner: Runner, *, reconcile: bool, remote: bool) -> CycleReport | None:
         try:
             report = runner.cycle(reconcile=reconcile, remote=remote)
+            # Now watch the folders of the jobs followed after this cycle (new submissions in,
+            # ended jobs out); a record already there wakes the next cycle.
+            self.folders.sync(active_folders(self.tracker))
         except LockLost:
             raise  # another watcher holds the project now: this one must stop
         except LogUnavailableError:
