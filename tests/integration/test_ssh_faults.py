@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from eventflow.core import events as ev
-from eventflow.shell import clusters
+from eventflow.shell import clock, clusters
 from eventflow.shell.api import Tracker
 from eventflow.shell.jobs import job_name
 from eventflow.shell.watcher import run_once
@@ -46,6 +46,14 @@ pytestmark = pytest.mark.usefixtures("need_slurm", "need_sshd")
 REPO = Path(__file__).resolve().parents[2]
 HELD = ("tar", "sbatch", "rsync")  # the remote commands a test can hold at a point
 RETRY_S = 10.5  # the first retry of a failed submission is due after 10 s
+
+
+@contextlib.contextmanager
+def _retry_due() -> Iterator[None]:
+    """The runner's clock RETRY_S ahead, so a failed submission's retry is due at once (the
+    log's own order is by seq; no assertion here reads the recorded times)."""
+    with clock.using(lambda: time.time() + RETRY_S):
+        yield
 
 
 class PrivateSshd:
@@ -98,10 +106,10 @@ def _wrappers(bin_dir: Path, flags: Path) -> None:
         if command == "sbatch":  # the job is submitted, then its answer is held back
             body = (f'out=$({real} "$@"); rc=$?\n'
                     f'if [ -e {flags}/hold-sbatch ]; then touch {flags}/reached-sbatch; '
-                    f"sleep 20; fi\nprintf '%s\\n' \"$out\"; exit $rc\n")
+                    f"sleep 8; fi\nprintf '%s\\n' \"$out\"; exit $rc\n")
         else:
             body = (f"if [ -e {flags}/hold-{command} ]; then touch {flags}/reached-{command}; "
-                    f'sleep 20; fi\nexec {real} "$@"\n')
+                    f'sleep 8; fi\nexec {real} "$@"\n')
         path = bin_dir / command
         path.write_text("#!/bin/sh\n" + body)
         path.chmod(0o755)
@@ -207,11 +215,25 @@ def _jobs_named(project: Path, mid: str) -> list[str]:
     return out.stdout.split()
 
 
-def _each_once(project: Path, mid: str) -> None:
-    """Every job exactly once, every result once, and the log verifies."""
+def _working_in(folder: Path) -> list[int]:
+    """The processes whose working folder is ``folder`` (from /proc)."""
+    found = []
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(cwd) == str(folder):
+                found.append(int(cwd.parent.name))
+    return found
+
+
+def _each_once(project: Path, mid: str, remote: Path) -> None:
+    """Every job exactly once, every result once, and the log verifies; asked only once no
+    process is left in the job's remote folder (a submit script that outlived its sshd would
+    otherwise call sbatch after this looked)."""
     with Tracker.open(project) as t:
         (calc,) = t.state(mid).calcs.values()
         assert t.state(mid).state == "completed", t.state(mid).reason
+    wait_for(lambda: not _working_in(remote / calc.directory), "the remote folder left",
+             timeout=60, every=0.2)
     assert count(project, "JobSubmitted") == 1
     assert count(project, "JobFinished") == 1 and count(project, "CalculationSucceeded") == 1
     assert _jobs_named(project, mid) == [calc.job_id]
@@ -224,7 +246,8 @@ def test_the_sshd_killed_mid_submission_never_doubles_nor_loses_the_job(
         tmp_path: Path, on_private: PrivateSshd, point: str) -> None:
     """``tar``: killed while the job folder is unpacked there (sbatch never ran);
     ``sbatch``: killed after sbatch submitted the job, before its answer came back."""
-    project = _project(tmp_path, tmp_path / "remote")
+    remote = tmp_path / "remote"
+    project = _project(tmp_path, remote)
     mid = unique(f"kill-{point}")
     add(project, mid, ["bash", "-c", "echo done > SP.out"])
     reached = on_private.hold(point)
@@ -238,9 +261,9 @@ def test_the_sshd_killed_mid_submission_never_doubles_nor_loses_the_job(
 
     on_private.release()
     on_private.script("start")
-    time.sleep(RETRY_S)
-    _cycle_until(project, "CalculationSucceeded")
-    _each_once(project, mid)
+    with _retry_due():
+        _cycle_until(project, "CalculationSucceeded")
+    _each_once(project, mid, remote)
 
 
 def test_the_sshd_killed_during_copy_back_brings_the_result_once(
@@ -270,7 +293,7 @@ def test_the_sshd_killed_during_copy_back_brings_the_result_once(
     on_private.release()
     on_private.script("start")
     _cycle_until(project, "CalculationSucceeded")
-    _each_once(project, mid)
+    _each_once(project, mid, remote)
 
 
 @contextlib.contextmanager
@@ -298,9 +321,9 @@ def test_a_read_only_remote_work_folder_makes_the_material_wait_until_it_is_writ
         assert _jobs_named(project, mid) == []
 
         subprocess.run(["mount", "-o", "remount,rw", str(remote)], check=True, timeout=60)
-        time.sleep(RETRY_S)
-        _cycle_until(project, "CalculationSucceeded")
-        _each_once(project, mid)
+        with _retry_due():
+            _cycle_until(project, "CalculationSucceeded")
+        _each_once(project, mid, remote)
 
 
 def test_a_full_remote_disk_makes_the_material_wait_until_there_is_room(
@@ -324,6 +347,6 @@ def test_a_full_remote_disk_makes_the_material_wait_until_there_is_room(
         assert _jobs_named(project, mid) == []
 
         filler.unlink()
-        time.sleep(RETRY_S)
-        _cycle_until(project, "CalculationSucceeded")
-        _each_once(project, mid)
+        with _retry_due():
+            _cycle_until(project, "CalculationSucceeded")
+        _each_once(project, mid, remote)
