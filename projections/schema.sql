@@ -13,7 +13,8 @@ CREATE TABLE IF NOT EXISTS materials (
     attempts      INTEGER NOT NULL, -- calculation attempts of every step so far
     reason        TEXT,            -- why it needs attention, waits, is held
     updated_at    TEXT,
-    last_seq      INTEGER NOT NULL
+    last_seq      INTEGER NOT NULL,
+    cluster       TEXT             -- where its latest submitted job runs (JobSubmitted's scheduler)
 );
 CREATE INDEX IF NOT EXISTS materials_state ON materials (state);
 

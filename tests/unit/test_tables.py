@@ -61,9 +61,10 @@ def test_status_table_keeps_ids_states_and_numbers_whole(width: int) -> None:
 
 def test_status_table_says_which_columns_it_left_out_at_80() -> None:
     text = render(cli._status_table(MATERIALS, "eventflow status", 80), 80)
-    assert "left out at this width: formula, workflow, updated" in text
-    wide = render(cli._status_table(MATERIALS, "eventflow status", 200), 200)
-    assert_whole(wide, ["full_characterization", "2026-12-05T10:12:25", "Si2"])
+    assert "left out at this width: formula, cluster, workflow, updated" in text
+    placed = [{**m, "cluster": "national-hpc"} for m in MATERIALS]
+    wide = render(cli._status_table(placed, "eventflow status", 200), 200)
+    assert_whole(wide, ["full_characterization", "2026-12-05T10:12:25", "Si2", "national-hpc"])
 
 
 CALCS = [{"id": "C-diamond-relaxed/BAND/12", "state": "failed", "job_id": "1234567",

@@ -271,6 +271,18 @@ class ScratchCleanupDecided(Event):
 
 @event
 @attrs.frozen
+class RemoteScratchRemoved(Event):
+    """Observation: a remote cluster removed a ScratchCleanupDecided's globs from the job's
+    folder there (``removed`` files); its clean-up is not sent again."""
+
+    TYPE = "RemoteScratchRemoved"
+    calculation_id: str
+    cluster: str
+    removed: int = 0
+
+
+@event
+@attrs.frozen
 class RecoveryDecided(Event):
     TYPE = "RecoveryDecided"
     calculation_id: str

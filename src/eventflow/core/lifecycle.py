@@ -112,6 +112,7 @@ CALCULATION_TRANSITIONS: tuple[dict[str, Any], ...] = (
     {"trigger": "ResultRejected", "source": ["submitted", "running", "completed"],
      "dest": "running"},
     {"trigger": "ScratchCleanupDecided", "source": "completed", "dest": "completed"},
+    {"trigger": "RemoteScratchRemoved", "source": list(CALCULATION_STATES), "dest": "="},
     {"trigger": "OutputReinterpreted", "source": list(CALCULATION_STATES), "dest": "="},
     # On a completed attempt: the policy redoes a success it distrusts (core.recovery.review).
     {"trigger": "RecoveryDecided", "source": ["failed", "lost", "completed"], "dest": "="},

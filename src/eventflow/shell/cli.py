@@ -65,12 +65,12 @@ def _status_table(rows: list[dict[str, Any]], title: str, width: int) -> Any:
     from eventflow.shell.tables import Column, fitted
 
     columns = [Column("material"), Column("formula", optional=True), Column("state"),
-               Column("step"),
+               Column("step"), Column("cluster", optional=True),
                Column("attempts"), Column("reason", text=True),
                Column("workflow", optional=True), Column("updated", optional=True)]
     cells = [[r["id"], r["formula"] or "", r["state"], r["current_step"] or "",
-              str(r["attempts"]), r["reason"] or "", r["workflow"] or "",
-              (r["updated_at"] or "")[:19]] for r in rows]
+              r.get("cluster") or "", str(r["attempts"]), r["reason"] or "",
+              r["workflow"] or "", (r["updated_at"] or "")[:19]] for r in rows]
     return fitted(title, columns, cells, width)
 
 
@@ -306,13 +306,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rows = rows_of(states.values())
         materials = [
             {"id": r[0], "formula": r[1], "workflow": r[2], "code": r[3], "state": r[4],
-             "current_step": r[5], "attempts": r[6], "reason": r[7], "updated_at": r[8]}
+             "current_step": r[5], "attempts": r[6], "reason": r[7], "updated_at": r[8],
+             "cluster": r[10]}
             for r in sorted(rows["materials"])
         ]
         if args.json:
             _print_json({"last_seq": last, "materials": materials})
         else:
-            _console().print(_status_table(materials, f"as of seq {last}"))
+            console = _console()
+            console.print(_status_table(materials, f"as of seq {last}", console.width))
     return 0
 
 

@@ -17,6 +17,7 @@ from eventflow.core import events as ev
 from eventflow.core.clusters import LOCAL, ClusterError, check_added, check_name, fold_clusters
 from eventflow.core.state import CalcState, MaterialState
 from eventflow.shell.remote import RemoteScheduler
+from eventflow.shell.remote_scratch import PendingCleanups
 from eventflow.shell.scheduler import Scheduler
 
 CLUSTER_TYPES = ("ClusterAdded", "ClusterRemoved")
@@ -94,6 +95,7 @@ class Clusters:
         self._remotes: dict[str, RemoteScheduler] = {}
         self._placed: dict[str, str] = {}
         self._seen = 0
+        self._cleanups = PendingCleanups()
 
     def remote(self, name: str) -> RemoteScheduler | None:
         if name in self._remotes:
@@ -123,6 +125,11 @@ class Clusters:
         """Read the JobSubmitted events recorded since the last refresh (once per cycle)."""
         placed, self._seen = job_clusters(self.tracker.store, self._seen)
         self._placed.update(placed)
+        # Scratch clean-ups of remote jobs decided since, and those not yet done on their
+        # cluster: one round trip per cluster (shell.remote_scratch).
+        self._cleanups.read(self.tracker.store, self._placed)
+        if self._cleanups:
+            self._cleanups.send(self.tracker, self.remote)
 
     def of_job(self, calculation_id: str) -> Scheduler:
         """The scheduler that holds the job of ``calculation_id`` (local unless recorded),

@@ -136,7 +136,16 @@ def folded_batches(store: LogBase, lo: str | None, hi: str | None, last: int,
 def _material_rows(states: Iterable[MaterialState]) -> Iterator[tuple[Any, ...]]:
     for s in states:
         yield (s.id, s.formula, s.workflow, s.code, s.state, s.current_step, len(s.calcs),
-               s.reason, s.updated_at, s.last_seq)
+               s.reason, s.updated_at, s.last_seq, _cluster_of(s))
+
+
+def _cluster_of(state: MaterialState) -> str | None:
+    """The cluster of the material's latest submitted job, as its JobSubmitted named it."""
+    found = None
+    for c in state.calcs.values():  # in the order they were requested
+        if c.scheduler:
+            found = c.scheduler
+    return found
 
 
 def _calculation_rows(states: Iterable[MaterialState]) -> Iterator[tuple[Any, ...]]:
@@ -181,7 +190,7 @@ def rows_of(states: Iterable[MaterialState]) -> dict[str, list[tuple[Any, ...]]]
 
 
 INSERT_SQL = {
-    "materials": "INSERT OR REPLACE INTO materials VALUES (?,?,?,?,?,?,?,?,?,?)",
+    "materials": "INSERT OR REPLACE INTO materials VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     "calculations": "INSERT OR REPLACE INTO calculations VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     "properties": "INSERT OR REPLACE INTO properties VALUES (?,?,?,?,?,?)",
     "errors": "INSERT INTO errors VALUES (?,?,?,?)",
@@ -215,10 +224,21 @@ class Projections:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
             self.db.executescript(data_text("projections", "schema.sql"))
+            self._add_missing_columns()
         except sqlite3.DatabaseError as exc:
             raise EventflowError(
                 f"{self.path}: unreadable projections ({exc}); delete it and run `eventflow replay`"
             ) from exc
+
+    def _add_missing_columns(self) -> None:
+        """Projections made by an older eventflow lack the columns added since: add them
+        (at the end, where the schema has them) and fold the log again from the start."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(materials)")}
+        if "cluster" not in have:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("ALTER TABLE materials ADD COLUMN cluster TEXT")
+            self.db.execute("DELETE FROM projection_state")
+            self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()

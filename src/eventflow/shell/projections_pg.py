@@ -57,7 +57,7 @@ NEW = "__new"  # the suffix of the tables a rebuild fills before it swaps them i
 _COLUMNS = {
     "materials": """id TEXT COLLATE "C" NOT NULL, formula TEXT, workflow TEXT, code TEXT,
         state TEXT NOT NULL, current_step TEXT, attempts INTEGER NOT NULL, reason TEXT,
-        updated_at TEXT, last_seq BIGINT NOT NULL""",
+        updated_at TEXT, last_seq BIGINT NOT NULL, cluster TEXT""",
     "calculations": """id TEXT COLLATE "C" NOT NULL, material_id TEXT COLLATE "C" NOT NULL,
         step TEXT NOT NULL, attempt INTEGER NOT NULL, state TEXT NOT NULL, job_id TEXT,
         directory TEXT, error_kind TEXT, requested_at TEXT, started_at TEXT,
@@ -160,6 +160,12 @@ class PostgresProjections(Projections):
                         conn.execute(_STATE_TABLE)
                         for sql in _create(""):
                             conn.execute(sql)
+            elif not self._has_cluster():
+                # Made by an older eventflow: add the column and fold the log again.
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (PROJECTIONS_LOCK,))
+                    conn.execute("ALTER TABLE materials ADD COLUMN IF NOT EXISTS cluster TEXT")
+                    conn.execute("DELETE FROM projection_state")
         except psycopg.errors.InsufficientPrivilege as exc:
             user = conn.info.user
             conn.close()
@@ -174,6 +180,12 @@ class PostgresProjections(Projections):
     def _exists(self) -> bool:
         return bool(self.db.conn.execute(
             "SELECT to_regclass('projection_state') IS NOT NULL").fetchone()[0])
+
+    def _has_cluster(self) -> bool:
+        return bool(self.db.conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = 'materials' AND column_name = 'cluster'"
+        ).fetchone()[0])
 
     def close(self) -> None:
         self.db.close()

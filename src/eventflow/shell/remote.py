@@ -27,6 +27,7 @@ from eventflow.shell.scheduler import (
     JobInfo,
     SchedulerError,
     SlurmScheduler,
+    SubmitError,
     _check_job_name,
     _one_line,
     sbatch_job_id,
@@ -41,9 +42,23 @@ _LIST_RECORDS = 'for d in "$@"; do [ -f "$d/{record}" ] && printf "%s\\n" "$d"; 
 # Unpacks the job folder (a tar on standard input) into $1, checks every file against the
 # sha256 manifest packed with it, then runs the rest of the arguments (sbatch): copying up and
 # submitting cost one round trip. Folder and command are arguments ("$@"), never code.
+#
+# Once per attempt, even when a killed connection leaves this script running there: a remote
+# process outlives the sshd that started it, and one that reaches sbatch after the retry's
+# look-up by name found nothing would make a second job. So the whole runs under a lock on
+# the attempt's folder (flock, where there is one), and the job id sbatch printed is kept in
+# the folder: a later run of this script for the same attempt prints that id and submits
+# nothing.
 MANIFEST = ".eventflow-upload.sha256"
-_UNPACK_AND_RUN = ('set -e; mkdir -p -- "$1"; cd -- "$1"; tar -xf -; '
-                   f'sha256sum --quiet --strict -c {MANIFEST} >&2; shift; exec "$@"')
+SUBMITTED = ".eventflow-job-id"
+_UNPACK_AND_RUN = (
+    'set -e; mkdir -p -- "$1"; cd -- "$1"; exec 9>>.eventflow-submit.lock; '
+    'if command -v flock >/dev/null 2>&1 && ! flock -w 15 9; then '
+    'echo "another submission of this job is still under way there" >&2; exit 75; fi; '
+    f'if [ -s {SUBMITTED} ]; then cat {SUBMITTED}; exit 0; fi; '
+    f'tar -xf -; sha256sum --quiet --strict -c {MANIFEST} >&2; shift; id=$("$@"); '
+    f'{{ printf "%s\\n" "$id" > {SUBMITTED}.tmp && mv -f {SUBMITTED}.tmp {SUBMITTED}; }} '
+    '2>/dev/null || true; printf "%s\\n" "$id"')
 
 
 def upload_bundle(folder: Path) -> bytes:
@@ -51,7 +66,7 @@ def upload_bundle(folder: Path) -> bytes:
     from eventflow.shell.jobs import sha256_of
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
-                   and p.name != MANIFEST)
+                   and p.name not in (MANIFEST, SUBMITTED, ".eventflow-submit.lock"))
     manifest = "".join(f"{sha256_of(p)}  ./{p.relative_to(folder).as_posix()}\n"
                        for p in files)
     buffer = io.BytesIO()
@@ -106,9 +121,14 @@ class RemoteScheduler:
         sbatch += [f"--{k}={v}" for k in ("partition", "qos", "account")
                    if (v := getattr(self.cluster, k))]
         bundle = upload_bundle(Path(workdir))
-        return sbatch_job_id(lambda: self.ssh.run(
-            ["sh", "-c", _UNPACK_AND_RUN, "eventflow-upload", remote, *sbatch, remote_script],
-            self.timeout, stdin=bundle), job_name)
+        try:
+            return sbatch_job_id(lambda: self.ssh.run(
+                ["sh", "-c", _UNPACK_AND_RUN, "eventflow-upload", remote, *sbatch,
+                 remote_script], self.timeout, stdin=bundle), job_name)
+        except SubmitError as exc:
+            if exc.__cause__ is not None:
+                raise  # the connection's failure: its message names the cluster already
+            raise SubmitError(f"{self.name}: {exc}") from None  # the cluster said no
 
     def find(self, job_name: str) -> list[JobInfo]:
         return self.slurm.find(job_name)

@@ -94,6 +94,11 @@ class SshConnection:
         err = done.stderr.decode(errors="replace")
         if done.returncode == UNREACHABLE and _is_ssh_failure(err):
             raise Unreachable(f"{self.cluster.name}: {' '.join(err.split())[:300]}")
+        if done.returncode == UNREACHABLE and not err.strip():
+            # A command on a shared (ControlMaster) connection whose server died under it:
+            # ssh exits 255 and says nothing. Not the command's own failure.
+            raise Unreachable(f"{self.cluster.name}: the connection was lost during the "
+                              "command (ssh exited 255 without a message)")
         return CommandResult(done.returncode, out, err)
 
     def rsync(self, sources: Sequence[str], dest: str, timeout: float,
