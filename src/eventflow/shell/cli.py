@@ -490,11 +490,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         setup_logging(tracker.project.state_dir / "watcher.log", as_json=args.log_json,
                       echo=not args.quiet)
         if args.once:
-            report = run_once(tracker)
+            report = run_once(tracker, clusters=args.cluster)
             if not args.quiet:
                 print(f"once: {report}")
             return 0
-        return Watcher(tracker, poll=args.poll, reconcile=args.reconcile).run()
+        return Watcher(tracker, poll=args.poll, reconcile=args.reconcile,
+                       clusters=args.cluster).run()
 
 
 @command("doctor")
@@ -593,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask the scheduler about our jobs this often (default 30)")
     p.add_argument("--log-json", action="store_true", help="operational log as JSON lines")
     p.add_argument("--quiet", action="store_true", help="log to the file only")
+    p.add_argument("--cluster", action="append", metavar="NAME", default=None,
+                   help="act only for this cluster (repeatable; default: every cluster)")
 
     sub.add_parser("doctor", help="check the set-up and say how to fix what is wrong")
 

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from eventflow.core import events as ev
+from eventflow.core.clusters import LOCAL
 from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
@@ -83,6 +84,9 @@ class Runner:
         # Raises when this process no longer holds the project lock (shell.lock.fence); the
         # watcher sets it. Checked right before sbatch, the one effect a retry cannot undo.
         self.fence: Callable[[], None] = lambda: None
+        # The clusters this runner acts for (watch --cluster; None: every one). Watchers of one
+        # PostgreSQL log on several hosts each act for their own (shell.lock_pg).
+        self.only: frozenset[str] | None = None
 
     # -- one cycle -----------------------------------------------------------------------------
     def cycle(self, *, reconcile: bool = True) -> CycleReport:
@@ -108,11 +112,19 @@ class Runner:
         from the projections: one query, no folding."""
         projections = self.tracker.projections
         projections.catch_up(self.tracker.store)
-        return projections.db.execute(
+        rows = projections.db.execute(
             "SELECT material_id, id, state, job_id, directory FROM calculations "
             "WHERE state IN ('submitted', 'running') AND job_id IS NOT NULL "
             "ORDER BY material_id, id"
         ).fetchall()
+        if self.only is None:
+            return rows
+        return [row for row in rows if self._cluster_of(self.clusters.of_job(row[1]))
+                in self.only]
+
+    def _cluster_of(self, scheduler: Scheduler) -> str:
+        """The cluster name ``watch --cluster`` uses for ``scheduler`` (local for ours)."""
+        return LOCAL if scheduler is self.scheduler else scheduler.name
 
     def _fetch_remote_records(self) -> None:
         """Copy back the folders of remote jobs whose record exists there: one listing per
@@ -363,6 +375,8 @@ class Runner:
                 target = self.clusters.target(state, calc, self.writer.params_for(state, calc))
                 if target.name in down:
                     continue
+                if self.only is not None and self._cluster_of(target) not in self.only:
+                    continue  # another watcher's cluster (watch --cluster)
                 existing = (self._existing_job(calc, target) if self._may_be_in_scheduler(calc)
                             else None)
             except Unreachable as exc:
