@@ -262,3 +262,38 @@ def test_the_fence_stops_a_submission_once_the_lock_session_is_gone(
         assert lock.regain()  # nobody took it meanwhile: held again
     finally:
         lock.release()
+
+
+def test_a_watcher_holds_its_lock_again_after_a_real_server_restart(
+        tmp_path: Path, postgres_server: str | None) -> None:
+    """A private server (it is stopped): the lock's session dies with it; once the server is
+    back, the watcher takes its lock again and submits a new job exactly once."""
+    from tests.integration.test_postgres_restart import _local_postgres, _private_server
+
+    with _private_server(postgres_server) as (state, url):
+        project, env, calls = _host(tmp_path, "hostA", url)
+        out = tmp_path / "watch.out"
+        watcher = _watch(project, env, out, "--cluster", "local")
+        log = Project.at(project).state_dir / "watcher.log"
+        try:
+            wait_for(lambda: any("watching" in line for line in _lines(log)), "the watcher",
+                     WAIT)
+            assert _local_postgres(state, "stop").returncode == 0
+            wait_for(lambda: any("waiting for the log's server" in line for line in _lines(log)),
+                     "the watcher to notice", WAIT)
+            assert _local_postgres(state, "start").returncode == 0
+            wait_for(lambda: any("holding the watcher lock for cluster local again" in line
+                                 for line in _lines(log)), "the lock held again", WAIT)
+            mid = unique("after")
+            _add(project, mid)
+            wait_for(lambda: _calls(calls) >= 1, "the submission", WAIT)
+            with open_store(url) as store:
+                wait_for(lambda: bool(list(store.read(stream=mid, types=["JobSubmitted"]))),
+                         "JobSubmitted", WAIT)
+            assert watcher.poll() is None, out.read_text()
+            assert PgWatcherLock(url, ["local"]).try_acquire() is False  # still its lock
+        finally:
+            if watcher.poll() is None:
+                watcher.send_signal(signal.SIGTERM)
+            code = watcher.wait(timeout=WAIT)
+        assert code == 0 and _calls(calls) == 1, out.read_text()
