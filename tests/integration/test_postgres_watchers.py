@@ -297,3 +297,49 @@ def test_a_watcher_holds_its_lock_again_after_a_real_server_restart(
                 watcher.send_signal(signal.SIGTERM)
             code = watcher.wait(timeout=WAIT)
         assert code == 0 and _calls(calls) == 1, out.read_text()
+
+
+@pytest.mark.usefixtures("need_sshd")
+def test_hosts_that_place_steps_differently_still_submit_each_once(
+        tmp_path: Path, need_postgres: str) -> None:
+    """Host A's config/cluster.yaml places every step on `local`, host B's on `loop`; A
+    watches local, B loop. Each watcher thinks every step is its own: the first InputsPrepared
+    appended for a calculation (a unique key in the log) decides, the other watcher steps back,
+    and every calculation is submitted once, on one cluster."""
+    url = need_postgres
+    hosts = [_host(tmp_path, name, url) for name in ("hostA", "hostB")]
+    for (project, _, _), cluster in zip(hosts, ("local", "loop"), strict=True):
+        path = project / "config" / "cluster.yaml"
+        path.write_text(path.read_text() + f"cluster: {cluster}\n")
+    with Tracker.open(hosts[0][0]) as t:
+        clusters.add(t, ev.ClusterAdded(name="loop", host="127.0.0.1", ssh_config_host=SSH_ALIAS,
+                                        workdir=str(tmp_path / "remote side")))
+    tag = unique("split")
+    mids = [f"{tag}-{i}" for i in range(4)]
+    for i, mid in enumerate(mids):
+        _add(hosts[i % 2][0], mid)
+    outs = (tmp_path / "A.out", tmp_path / "B.out")
+    procs = [_watch(hosts[0][0], hosts[0][1], outs[0], "--cluster", "local"),
+             _watch(hosts[1][0], hosts[1][1], outs[1], "--cluster", "loop")]
+    try:
+        with open_store(url) as store:
+            wait_for(lambda: sum(1 for _ in store.read(types=["CalculationSucceeded"]))
+                     == len(mids), "every job to finish", WAIT)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=WAIT) for proc in procs]
+    assert codes == [0, 0], [o.read_text()[-2000:] for o in outs]
+    with open_store(url) as store:
+        submitted = [r for r in store.read(types=["JobSubmitted"])]
+        prepared = {r.event.calculation_id: r.meta.get("cluster")  # type: ignore[attr-defined]
+                    for r in store.read(types=["InputsPrepared"])}
+    assert sorted(r.stream for r in submitted) == sorted(mids)  # each once
+    on_local = [r for r in submitted if r.event.scheduler != "loop"]  # type: ignore[attr-defined]
+    for r in submitted:  # submitted on the cluster that claimed it
+        claimed = prepared[r.event.calculation_id]  # type: ignore[attr-defined]
+        assert (claimed == "loop") == (r.event.scheduler == "loop"), (claimed, r.event)  # type: ignore[attr-defined]
+    assert _calls(hosts[0][2]) == len(on_local) and _calls(hosts[1][2]) == 0
+    project_ids = [Project.at(h[0]).project_id for h in hosts]
+    names = _slurm_names([f"ef.{pid}." for pid in project_ids])
+    assert set(names.values()) == {1} and len(names) == len(mids), names

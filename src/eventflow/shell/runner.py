@@ -151,9 +151,10 @@ class Runner:
         return [(mid, cid) for mid, cid, _, _, directory in self._followed()
                 if directory and os.path.lexists(root / directory / RECORD)]
 
-    def _append(self, mid: str, events: list[ev.Event], key: str, actor: str = "watcher") -> bool:
+    def _append(self, mid: str, events: list[ev.Event], key: str, actor: str = "watcher",
+                **meta: str) -> bool:
         try:
-            self.tracker.append(mid, events, key=key, meta={"actor": actor})
+            self.tracker.append(mid, events, key=key, meta={"actor": actor, **meta})
             return True
         except IllegalTransition as exc:
             # Someone else recorded a newer fact first; ours no longer applies.
@@ -480,7 +481,14 @@ class Runner:
                 return True  # the cluster answered: only this job is given up
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
             return True
-        self._append(state.id, [prepared], key=f"inputs:{calc.id}")
+        self._append(state.id, [prepared], key=f"inputs:{calc.id}",
+                     cluster=self._cluster_of(scheduler))
+        claimed = self._claimed_elsewhere(calc)
+        if claimed is not None:
+            log.warning("%s was prepared for cluster %s by another watcher; not submitted here "
+                        "(does config/cluster.yaml place steps differently on the hosts?)",
+                        calc.id, claimed, extra={"material": state.id, "calculation": calc.id})
+            return True
         _crash_point("before_sbatch")
         self.fence()
         try:
@@ -497,6 +505,16 @@ class Runner:
                  extra={"material": state.id, "calculation": calc.id, "job": job_id})
         _crash_point("after_record")
         return True
+
+    def _claimed_elsewhere(self, calc: CalcState) -> str | None:
+        """For a runner of some clusters (watch --cluster): the cluster outside them that
+        ``calc``'s InputsPrepared names. That append is the claim on a calculation (its key is
+        unique in the log, so one host's wins), and the watcher of that cluster submits it."""
+        if self.only is None:
+            return None
+        stored = self.tracker.store.by_key(f"inputs:{calc.id}")
+        claimed = (stored.meta or {}).get("cluster") if stored is not None else None
+        return None if claimed is None or claimed in self.only else str(claimed)
 
     def _submit_failed(self, state: MaterialState, calc: CalcState, message: str,
                        report: CycleReport) -> None:
