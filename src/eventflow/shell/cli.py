@@ -497,12 +497,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         setup_logging(tracker.project.state_dir / "watcher.log", as_json=args.log_json,
                       echo=not args.quiet)
         if args.once:
-            report = run_once(tracker)
+            report = run_once(tracker, clusters=args.cluster)
             if not args.quiet:
                 print(f"once: {report}")
             return 0
         return Watcher(tracker, poll=args.poll, reconcile=args.reconcile,
-                       remote_poll=args.remote_poll).run()
+                       remote_poll=args.remote_poll, clusters=args.cluster).run()
 
 
 @command("doctor")
@@ -604,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cluster.yaml remote: poll_s, else 5)")
     p.add_argument("--log-json", action="store_true", help="operational log as JSON lines")
     p.add_argument("--quiet", action="store_true", help="log to the file only")
+    p.add_argument("--cluster", action="append", metavar="NAME", default=None,
+                   help="act only for this cluster (repeatable; default: every cluster)")
 
     sub.add_parser("doctor", help="check the set-up and say how to fix what is wrong")
 

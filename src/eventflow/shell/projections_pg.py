@@ -31,11 +31,11 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from eventflow.core.state import MaterialState
-from eventflow.errors import EventflowError
+from eventflow.errors import EventflowError, LogUnavailableError
 from eventflow.shell.projections import (
     ROW_MAKERS,
     TABLES,
@@ -101,20 +101,32 @@ class _Connection:
     """The projections' connection, taking the ``?`` placeholders of the SQLite module, so the
     queries of ``Projections`` (and of the modules that read its tables) run unchanged."""
 
-    def __init__(self, conn: Any, label: str) -> None:
-        self.conn = conn
+    def __init__(self, conn: Any, label: str, connect: Callable[[], Any] | None = None) -> None:
+        self._conn = conn
         self.label = label
+        self._connect = connect  # makes a new connection once this one has broken
         self._errors = _psycopg().OperationalError
+
+    @property
+    def conn(self) -> Any:
+        """The connection; a new one when the last was cut (a server restart), so a watcher
+        that waited for the server goes on with its projections too."""
+        if self._conn.closed and self._connect is not None:
+            self._conn = self._connect()
+        return self._conn
 
     def execute(self, sql: str, args: Iterable[Any] = ()) -> Any:
         args = tuple(args)
         try:
             return self.conn.execute(_pg(sql) if args else sql, args or None)
         except self._errors as exc:
+            if self._conn.closed:  # cut: the watcher waits for the server (LogUnavailable)
+                raise LogUnavailableError(f"{self.label}: lost the server: "
+                                          f"{_one_line(exc)}") from None
             raise EventflowError(f"{self.label}: lost the server: {_one_line(exc)}") from None
 
     def close(self) -> None:
-        self.conn.close()
+        self._conn.close()
 
 
 def _number_loader() -> type:
@@ -143,13 +155,18 @@ class PostgresProjections(Projections):
         self.url = url
         self.path = redacted(url)  # type: ignore[assignment]  # what messages name
         self.name = "the projection tables"
-        try:
-            conn = psycopg.connect(url, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise EventflowError(f"{self.path}: cannot reach the server: "
-                                 f"{_one_line(exc)}") from None
-        conn.adapters.register_loader("numeric", _number_loader())
-        self.db = _Connection(conn, self.path)  # type: ignore[assignment]
+        def connect(error: type[EventflowError] = EventflowError) -> Any:
+            try:
+                conn = psycopg.connect(url, autocommit=True)
+            except psycopg.OperationalError as exc:
+                raise error(f"{self.path}: cannot reach the server: "
+                            f"{_one_line(exc)}") from None
+            conn.adapters.register_loader("numeric", _number_loader())
+            return conn
+
+        conn = connect()
+        self.db = _Connection(conn, self.path,  # type: ignore[assignment]
+                              lambda: connect(LogUnavailableError))
         try:
             # Missing tables are made whether or not ``create``: empty projections at seq 0,
             # which the first catch-up fills (a log copied in by migrate-store has none yet).

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from eventflow.core import events as ev
+from eventflow.core.clusters import LOCAL
 from eventflow.core.kinds import kind_from_scheduler_state
 from eventflow.core.recovery import is_recovery_attempt
 from eventflow.core.state import CalcState, MaterialState
@@ -93,6 +94,9 @@ class Runner:
         # Raises when this process no longer holds the project lock (shell.lock.fence); the
         # watcher sets it. Checked right before sbatch, the one effect a retry cannot undo.
         self.fence: Callable[[], None] = lambda: None
+        # The clusters this runner acts for (watch --cluster; None: every one). Watchers of one
+        # PostgreSQL log on several hosts each act for their own (shell.lock_pg).
+        self.only: frozenset[str] | None = None
 
     # -- one cycle -----------------------------------------------------------------------------
     def cycle(self, *, reconcile: bool = True, remote: bool = True) -> CycleReport:
@@ -126,11 +130,19 @@ class Runner:
         from the projections: one query, no folding."""
         projections = self.tracker.projections
         projections.catch_up(self.tracker.store)
-        return projections.db.execute(
+        rows = projections.db.execute(
             "SELECT material_id, id, state, job_id, directory FROM calculations "
             "WHERE state IN ('submitted', 'running') AND job_id IS NOT NULL "
             "ORDER BY material_id, id"
         ).fetchall()
+        if self.only is None:
+            return rows
+        return [row for row in rows if self._cluster_of(self.clusters.of_job(row[1]))
+                in self.only]
+
+    def _cluster_of(self, scheduler: Scheduler) -> str:
+        """The cluster name ``watch --cluster`` uses for ``scheduler`` (local for ours)."""
+        return LOCAL if scheduler is self.scheduler else scheduler.name
 
     def _with_records(self) -> list[tuple[str, str]]:
         """The followed calculations whose completion record exists: one stat each."""
@@ -138,9 +150,10 @@ class Runner:
         return [(mid, cid) for mid, cid, _, _, directory in self._followed()
                 if directory and os.path.lexists(root / directory / RECORD)]
 
-    def _append(self, mid: str, events: list[ev.Event], key: str, actor: str = "watcher") -> bool:
+    def _append(self, mid: str, events: list[ev.Event], key: str, actor: str = "watcher",
+                **meta: str) -> bool:
         try:
-            self.tracker.append(mid, events, key=key, meta={"actor": actor})
+            self.tracker.append(mid, events, key=key, meta={"actor": actor, **meta})
             return True
         except IllegalTransition as exc:
             # Someone else recorded a newer fact first; ours no longer applies.
@@ -366,6 +379,8 @@ class Runner:
                 target = self.clusters.target(state, calc, self.writer.params_for(state, calc))
                 if target.name in down:
                     continue
+                if self.only is not None and self._cluster_of(target) not in self.only:
+                    continue  # another watcher's cluster (watch --cluster)
                 existing = (self._existing_job(calc, target) if self._may_be_in_scheduler(calc)
                             else None)
             except Unreachable as exc:
@@ -473,7 +488,14 @@ class Runner:
                 return None
             self._submit_failed(state, calc, f"cannot prepare the job: {exc}", report)
             return None
-        self._append(state.id, [prepared], key=f"inputs:{calc.id}")
+        self._append(state.id, [prepared], key=f"inputs:{calc.id}",
+                     cluster=self._cluster_of(scheduler))
+        claimed = self._claimed_elsewhere(calc)
+        if claimed is not None:
+            log.warning("%s was prepared for cluster %s by another watcher; not submitted here "
+                        "(does config/cluster.yaml place steps differently on the hosts?)",
+                        calc.id, claimed, extra={"material": state.id, "calculation": calc.id})
+            return None
         return script
 
     def _submit(self, state: MaterialState, calc: CalcState, report: CycleReport,
@@ -532,6 +554,16 @@ class Runner:
         report.submitted += 1
         log.info("submitted %s as job %s", calc.id, job_id,
                  extra={"material": state.id, "calculation": calc.id, "job": job_id})
+
+    def _claimed_elsewhere(self, calc: CalcState) -> str | None:
+        """For a runner of some clusters (watch --cluster): the cluster outside them that
+        ``calc``'s InputsPrepared names. That append is the claim on a calculation (its key is
+        unique in the log, so one host's wins), and the watcher of that cluster submits it."""
+        if self.only is None:
+            return None
+        stored = self.tracker.store.by_key(f"inputs:{calc.id}")
+        claimed = (stored.meta or {}).get("cluster") if stored is not None else None
+        return None if claimed is None or claimed in self.only else str(claimed)
 
     def _submit_failed(self, state: MaterialState, calc: CalcState, message: str,
                        report: CycleReport) -> None:

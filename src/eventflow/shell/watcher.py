@@ -24,10 +24,12 @@ from typing import Any
 
 import attrs
 
+from eventflow.core.clusters import ClusterError
 from eventflow.errors import ConfigError, LogUnavailableError
 from eventflow.shell.api import Tracker
 from eventflow.shell.jobwatch import FolderWatch, active_folders, folder_watch
-from eventflow.shell.lock import LockHeld, LockLost, ProjectLock
+from eventflow.shell.lock import LockHeld, LockLost
+from eventflow.shell.lock_pg import watcher_lock
 from eventflow.shell.runner import CycleReport, Runner
 
 log = logging.getLogger("eventflow.watcher")
@@ -82,7 +84,7 @@ def _scheduler_for(tracker: Tracker) -> tuple[Any, str]:
 
 
 def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = None,
-             poll: float = 0.05) -> CycleReport:
+             poll: float = 0.05, clusters: list[str] | None = None) -> CycleReport:
     """Process everything pending once, under the project lock (waiting while another
     ``--once`` holds it). When a daemon holds it there is nothing to do: the daemon does it.
 
@@ -91,7 +93,7 @@ def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = 
     """
     if scheduler is None:
         scheduler, _ = _scheduler_for(tracker)
-    lock = ProjectLock(tracker.project.lock_path)
+    lock = watcher_lock(tracker, clusters)
     deadline = time.monotonic() + lock_timeout
     while not lock.try_acquire("once"):
         holder = lock.holder() or {}
@@ -104,6 +106,7 @@ def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = 
         time.sleep(poll)
     try:
         runner = Runner(tracker, scheduler)
+        runner.only = _checked_clusters(runner, clusters)
         runner.fence = lock.fence
         report = runner.cycle()
         while report.deferred:
@@ -122,8 +125,9 @@ def run_once(tracker: Tracker, *, lock_timeout: float = 600.0, scheduler: Any = 
 class Watcher:
     def __init__(self, tracker: Tracker, *, poll: float | None = None,
                  reconcile: float = 30.0, scheduler: Any = None,
-                 remote_poll: float | None = None) -> None:
+                 remote_poll: float | None = None, clusters: list[str] | None = None) -> None:
         self.tracker = tracker
+        self.clusters = clusters  # act only for these (None: every cluster)
         self.poll = poll
         self.reconcile = reconcile
         self.remote_poll = check_remote_poll(
@@ -180,10 +184,11 @@ class Watcher:
         self.wake.set()
 
     def run(self) -> int:
-        lock = ProjectLock(self.tracker.project.lock_path)
+        lock = watcher_lock(self.tracker, self.clusters)
         if not lock.try_acquire("daemon"):
             holder = lock.holder() or {}
-            print(f"a watcher is already running for {self.tracker.project.root} "
+            which = f" ({lock.describe()})" if hasattr(lock, "describe") else ""
+            print(f"a watcher is already running for {self.tracker.project.root}{which} "
                   f"(host {holder.get('host')}, pid {holder.get('pid')}); nothing to do")
             return 0
         if self.scheduler is None:
@@ -195,9 +200,15 @@ class Watcher:
         observer.start()
         self.folders.start()
         runner = Runner(self.tracker, self.scheduler)
+        try:
+            runner.only = _checked_clusters(runner, self.clusters)
+        except ClusterError as exc:
+            lock.release()
+            raise exc from None
         runner.fence = lock.fence
-        log.info("watching the folders of active jobs in %s (%s)", self.tracker.project.calcs,
-                 f"polling every {self.poll} s" if self.poll else "inotify")
+        log.info("watching the folders of active jobs in %s (%s)%s", self.tracker.project.calcs,
+                 f"polling every {self.poll} s" if self.poll else "inotify",
+                 f" for {lock.describe()}" if hasattr(lock, "describe") else "")
         try:
             self._loop(runner, lock)
         except LockLost as exc:
@@ -211,7 +222,7 @@ class Watcher:
             log.info("watcher stopped")
         return 0
 
-    def _loop(self, runner: Runner, lock: ProjectLock) -> None:
+    def _loop(self, runner: Runner, lock: Any) -> None:
         """``_watch`` until stopped; while the log's server is unreachable (a PostgreSQL log
         whose server restarts), wait for it with a doubling backoff, one line per try, and
         then carry on: the interrupted transaction was undone whole, and ``_watch`` starts
@@ -229,7 +240,7 @@ class Watcher:
                 self._log_wait = min(2 * wait, LOG_WAIT_S[1])
                 self._lost = True
 
-    def _watch(self, runner: Runner, lock: ProjectLock) -> None:
+    def _watch(self, runner: Runner, lock: Any) -> None:
         """Cycle on every file event, ask the scheduler every ``reconcile`` seconds, and keep
         the lock's heartbeat going in between, until stopped."""
         next_reconcile = 0.0  # the first cycle reconciles at once
@@ -258,6 +269,11 @@ class Watcher:
                     lock.heartbeat()
                     continue
                 seen_seq = seq
+                # The database's lock (lock_pg): if its session died (a server restart), hold
+                # it again before acting, or stop (LockLost) if another watcher took it.
+                regain = getattr(lock, "regain", None)
+                if regain is not None and regain():
+                    log.info("holding the watcher lock for %s again", lock.describe())
                 report = self._cycle(runner, reconcile=due, remote=due or remote)
                 if due:
                     next_reconcile = time.monotonic() + self.reconcile
@@ -306,6 +322,20 @@ def check_remote_poll(value: Any, where: str) -> float:
     if not 0 < seconds < float("inf"):
         raise ConfigError(f"{where}: must be a number of seconds above 0, not {value!r}")
     return seconds
+
+
+def _checked_clusters(runner: Runner, clusters: list[str] | None) -> frozenset[str] | None:
+    """The clusters a watcher acts for (None: every one); an unknown name is an error."""
+    if clusters is None:
+        return None
+    from eventflow.core.clusters import LOCAL
+
+    known = {LOCAL, *runner.clusters.defined()}
+    unknown = sorted(set(clusters) - known)
+    if unknown:
+        raise ClusterError(f"watch --cluster: no cluster {unknown[0]!r} (known: "
+                           f"{', '.join(sorted(known))})")
+    return frozenset(clusters)
 
 
 __all__ = ["LockHeld", "Watcher", "run_once", "setup_logging"]
