@@ -329,8 +329,9 @@ def _checked_clusters(runner: Runner, clusters: list[str] | None) -> frozenset[s
     if clusters is None:
         return None
     from eventflow.core.clusters import LOCAL
+    from eventflow.shell.clusters import defined
 
-    known = {LOCAL, *runner.clusters.defined()}
+    known = {LOCAL, *defined(runner.tracker.store)}  # the clusters in the log
     unknown = sorted(set(clusters) - known)
     if unknown:
         raise ClusterError(f"watch --cluster: no cluster {unknown[0]!r} (known: "
