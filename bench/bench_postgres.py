@@ -1,7 +1,8 @@
 """The event log on PostgreSQL against raw psycopg doing the same INSERTs, in one run.
 
 ``python bench/bench_postgres.py [--quick] [--url URL]`` (default: scripts/local-postgres's
-server). Each run works in a fresh schema and drops it. Workloads:
+server). Each run works in a database of its own where the role may make one (advisory locks
+are per database), each workload in a fresh schema, all dropped after. Workloads:
 - durable append, 1 event per transaction over 50 streams (after 50 untimed on the same
   connection, both sides): eventflow vs raw psycopg's ``INSERT`` of the same
   row in autocommit mode (its own transaction, committed durably before it returns: one round
@@ -22,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -48,6 +50,21 @@ def _schema(url: str) -> str:
     with psycopg.connect(url, autocommit=True) as db:
         db.execute(f"CREATE SCHEMA {name}")
     return name
+
+
+def _own_database(url: str) -> tuple[str, str | None]:
+    """A database of the run's own on the server (URL, name), if the role may make one: the
+    append lock is an advisory lock, and those are per database, so other users' logs in
+    other schemas of a shared database would take turns with this run's appends. Without
+    the right: ``url`` itself (None)."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")  # a fixed-format name, no user text
+    except psycopg.errors.InsufficientPrivilege:
+        return url, None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/{name}{'?' if parts.query else ''}{parts.query}", name
 
 
 def _in(url: str, schema: str) -> str:
@@ -156,6 +173,8 @@ def main() -> None:
                                      capture_output=True, text=True, check=True).stdout.strip()
     n1, nb, nw = (300, 20_000, 200) if args.quick else (2_000, 100_000, 1_000)
     rounds = 3 if args.quick else 5
+    server_url = url
+    url, database = _own_database(server_url)
     schemas: list[str] = []
 
     def fresh() -> str:
@@ -178,6 +197,9 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as db:
             for name in schemas:
                 db.execute(f"DROP SCHEMA {name} CASCADE")
+        if database is not None:
+            with psycopg.connect(server_url, autocommit=True) as db:
+                db.execute(f"DROP DATABASE {database} WITH (FORCE)")
     print("durable commits on both sides: "
           + ", ".join(f"{k}={v}" for k, v in zip(DURABILITY, SEEN["eventflow"], strict=True)))
     print("| workload | eventflow | baseline | ratio | goal | met |")

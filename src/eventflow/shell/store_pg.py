@@ -369,6 +369,20 @@ class PostgresEventStore(LogBase):
             with contextlib.suppress(self._psycopg.OperationalError):
                 self.db.execute("ROLLBACK")
 
+    def append(
+        self,
+        stream: str,
+        events: Sequence[ev.Event],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> list[ev.Recorded]:
+        if len(events) != 1 or not self._one_trip:
+            return super().append(stream, events, expected_version=expected_version,
+                                  idempotency_key=idempotency_key, meta=meta)
+        return self._append_one(stream, events[0], idempotency_key, meta, expected_version)
+
     def append_many(
         self,
         items: Sequence[NewEvent],
@@ -378,9 +392,14 @@ class PostgresEventStore(LogBase):
         if len(items) != 1 or not self._one_trip:
             return super().append_many(items, expected_versions=expected_versions)
         (item,) = items
-        e, stream, key = item.event, item.stream, item.idempotency_key
-        expected = (expected_versions or {}).get(stream)
-        meta = {**default_meta(), **item.meta}
+        return self._append_one(item.stream, item.event, item.idempotency_key, item.meta,
+                                (expected_versions or {}).get(item.stream))
+
+    def _append_one(self, stream: str, e: ev.Event, key: str | None,
+                    own_meta: dict[str, Any] | None, expected: int | None
+                    ) -> list[ev.Recorded]:
+        """One event in one round trip (see the module's docstring)."""
+        meta = {**default_meta(), **own_meta} if own_meta else default_meta()
         now = utc_now()
         dumps, option, type_, sv = orjson.dumps, _CANONICAL, e.TYPE, e.VERSION
         data = dumps(_event_data(e), option=option).decode()
