@@ -94,10 +94,19 @@ class Runner:
         report = CycleReport()
         self.clusters.refresh()
         polled = self.clusters.poll(self._followed()) if remote else {}
+        # Observations first (a JobFinished per new record), then their interpretation: a
+        # burst of records is seen as soon as it arrives, not one parse after another.
+        ended = []
         for mid, cid in self._with_records():
             state = self.tracker.state(mid)  # folded only now, and only for these
             calc = state.calcs.get(cid)
-            if calc is not None and calc.state in ("submitted", "running") and calc.job_id:
+            if (calc is not None and calc.state in ("submitted", "running") and calc.job_id
+                    and self._observe(state, calc, report) is not None):
+                ended.append((mid, cid))
+        for mid, cid in ended:
+            state = self.tracker.state(mid)
+            calc = state.calcs.get(cid)
+            if calc is not None and calc.state in ("submitted", "running"):
                 self._ingest(state, calc, report)
         if reconcile or polled:
             self._reconcile(report, polled, local=reconcile)
@@ -139,11 +148,12 @@ class Runner:
             return False
 
     # -- completion records -> observations and interpretations --------------------------------
-    def _ingest(self, state: MaterialState, calc: CalcState, report: CycleReport) -> bool:
-        folder = self.project.root / calc.directory
-        record = read_completion(folder / RECORD)
+    def _observe(self, state: MaterialState, calc: CalcState,
+                 report: CycleReport) -> dict[str, Any] | None:
+        """The completion record of ``calc``'s job, its JobFinished recorded (once)."""
+        record = read_completion(self.project.root / calc.directory / RECORD)
         if record is None:
-            return False
+            return None
         if not calc.finished_seen:
             finished = ev.JobFinished(
                 calculation_id=calc.id,
@@ -160,6 +170,13 @@ class Runner:
             log.info("job %s of %s finished (exit %s)", calc.job_id, calc.id,
                      record.get("exit_code"), extra={"material": state.id,
                                                      "calculation": calc.id, "job": calc.job_id})
+        return record
+
+    def _ingest(self, state: MaterialState, calc: CalcState, report: CycleReport) -> bool:
+        folder = self.project.root / calc.directory
+        record = self._observe(state, calc, report)
+        if record is None:
+            return False
         still_listed, scheduler_kind = self._scheduler_verdict(calc, record, folder / RECORD)
         if still_listed:
             report.deferred += 1  # judged at a later cycle, once the scheduler has its say
