@@ -111,6 +111,9 @@ def run_eventflow(base: Path, n: int, poll_s: float) -> tuple[float, float]:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
     trips = len((base / "shims" / "trips").read_text().splitlines())
+    for line in watcher_log.read_text().splitlines():  # what went wrong, if anything did
+        if " WARNING " in line or " ERROR " in line:
+            print(f"  daemon: {line}", file=sys.stderr)
     with Tracker.open(project) as t:
         # Reaction: from the remote record's write (its mtime; one clock here) to the
         # JobFinished that the record became in the log.
@@ -211,6 +214,8 @@ def main() -> None:
             base = Path(tempfile.mkdtemp(prefix=f"bench-ssh-{label}-"))
             try:
                 sink.append(fn(base, n, args.poll))
+                print(f"{label}: {sink[-1][0]:.1f} s, {sink[-1][1]:.0f} round trips",
+                      file=sys.stderr)
             finally:
                 shutil.rmtree(base, ignore_errors=True)
     base = Path(tempfile.mkdtemp(prefix="bench-ssh-pollcost-"))
