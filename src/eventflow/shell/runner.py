@@ -100,6 +100,7 @@ class Runner:
             self._reconcile(report)
         self._release_waits(report)
         self._submit_pending(report)
+        self.clusters.record_reachability()  # a remote cluster's outage: when it began, ended
         self.tracker.projections.catch_up(self.tracker.store)
         return report
 
