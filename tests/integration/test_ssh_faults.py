@@ -20,6 +20,7 @@ held.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -289,11 +290,24 @@ def test_the_sshd_killed_during_copy_back_brings_the_result_once(
     assert state.calcs[calc.id].state in ("submitted", "running")  # not failed, not lost
     assert state.state == "running"
     assert not (project / calc.directory / "eventflow-done.json").exists()
+    # Its job cannot move while the cluster is down: status says why, in one line.
+    assert count(project, "ClusterUnreachable", '%"name":"far"%') == 1
+    shown = json.loads(eventflow(project, "status", "--json").stdout)["materials"]
+    (row,) = [m for m in shown if m["id"] == mid]
+    assert row["cluster"] == "far" and row["state"] == "running"
+    assert row["reason"].startswith("cluster far does not answer since ")
+    assert "\n" not in row["reason"]
+    with Tracker.open(project) as t:
+        run_once(t)  # still down: the outage is not recorded again
+    assert count(project, "ClusterUnreachable") == 1
 
     on_private.release()
     on_private.script("start")
     _cycle_until(project, "CalculationSucceeded")
     _each_once(project, mid, remote)
+    assert count(project, "ClusterAnswered") == 1  # the outage's end, once
+    shown = json.loads(eventflow(project, "status", "--json").stdout)["materials"]
+    assert [m["reason"] for m in shown if m["id"] == mid] == [""]
 
 
 @contextlib.contextmanager

@@ -332,6 +332,26 @@ class ClusterRemoved(Event):
     reason: str = ""
 
 
+@event
+@attrs.frozen
+class ClusterUnreachable(Event):
+    """Observation: a cluster stopped answering (ssh's own failure, not a command's); recorded
+    once when an outage begins, so its jobs can say why nothing moves."""
+
+    TYPE = "ClusterUnreachable"
+    name: str
+    reason: str = ""
+
+
+@event
+@attrs.frozen
+class ClusterAnswered(Event):
+    """Observation: a cluster recorded unreachable answers again (the outage is over)."""
+
+    TYPE = "ClusterAnswered"
+    name: str
+
+
 # --- upcasting ------------------------------------------------------------------------------
 
 

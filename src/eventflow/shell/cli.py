@@ -76,19 +76,22 @@ def _status_table(rows: list[dict[str, Any]], title: str, width: int) -> Any:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
+    from eventflow.shell.clusters import with_outages
+
     with _tracker(args) as tracker:
         tracker.projections.catch_up(tracker.store)
         if args.live:
             return _status_live(tracker, args)
         if args.json:
-            rows = tracker.projections.materials(args.state)
+            rows = with_outages(tracker.store, tracker.projections.materials(args.state))
             _print_json({"materials": rows, "counts": tracker.projections.state_counts(),
                          "last_seq": tracker.projections.last_seq()})
             return 0
         counts = tracker.projections.state_counts()
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no materials"
         limit = None if args.all else args.limit
-        rows = tracker.projections.materials(args.state, limit=limit)
+        rows = with_outages(tracker.store, tracker.projections.materials(args.state,
+                                                                         limit=limit))
         console = _console()
         console.print(_status_table(rows, f"eventflow status: {summary}", console.width))
         shown = counts.get(args.state, 0) if args.state else sum(counts.values())
@@ -99,6 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_live(tracker: Any, args: argparse.Namespace) -> int:
+    from eventflow.shell.clusters import with_outages
     from eventflow.shell.tables import live
 
     seen = -1
@@ -110,7 +114,8 @@ def _status_live(tracker: Any, args: argparse.Namespace) -> int:
                 last = tracker.projections.last_seq()
                 if last != seen:
                     seen = last
-                    rows = tracker.projections.materials(args.state, limit=args.limit)
+                    rows = with_outages(tracker.store, tracker.projections.materials(
+                        args.state, limit=args.limit))
                     display.update(_status_table(rows, f"eventflow status (live, seq {last})",
                                                  console.width), refresh=True)
                 time.sleep(0.3)

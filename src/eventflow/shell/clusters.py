@@ -47,6 +47,37 @@ def remove(tracker: Any, name: str, reason: str = "") -> None:
                          meta={"actor": "cli"})
 
 
+OUTAGE_TYPES = ("ClusterUnreachable", "ClusterAnswered", "ClusterRemoved")
+
+
+def outages(store: Any) -> dict[str, tuple[str, str]]:
+    """The clusters recorded unreachable and not answering since: name -> (since, why)."""
+    down: dict[str, tuple[str, str]] = {}
+    for rec in store.read(stream=ev.SYSTEM_STREAM, types=OUTAGE_TYPES):
+        e: Any = rec.event
+        if isinstance(e, ev.ClusterUnreachable):
+            down.setdefault(e.name, (rec.recorded_at, e.reason))
+        else:
+            down.pop(e.name, None)
+    return down
+
+
+def with_outages(store: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Materials rows (of the projection) whose job's cluster does not answer, with that as
+    their reason when they have none of their own (a running job there cannot move)."""
+    down = outages(store)
+    if not down:
+        return rows
+    out = []
+    for row in rows:
+        since, why = down.get(row.get("cluster") or "", ("", ""))
+        if since and not row.get("reason") and row.get("state") in ("running", "waiting"):
+            row = {**row, "reason": f"cluster {row['cluster']} does not answer since "
+                                    f"{since[:19]}Z: {why}"[:300]}
+        out.append(row)
+    return out
+
+
 def job_clusters(store: Any, after: int = 0) -> tuple[dict[str, str], int]:
     """calculation id -> the scheduler its last JobSubmitted names, from events after ``after``
     (so a watcher reads only what is new), and the last seq read."""
@@ -96,6 +127,8 @@ class Clusters:
         self._placed: dict[str, str] = {}
         self._seen = 0
         self._cleanups = PendingCleanups()
+        self._trips: dict[str, int] = {}  # round trips of each remote at the last record
+        self._down: set[str] | None = None  # clusters whose outage is recorded (lazily read)
 
     def remote(self, name: str) -> RemoteScheduler | None:
         if name in self._remotes:
@@ -137,6 +170,28 @@ class Clusters:
         name = self._placed.get(calculation_id)
         remote = self.remote(name) if name and name not in (LOCAL, "slurm", "local") else None
         return remote if remote is not None else self.local
+
+    def record_reachability(self) -> None:
+        """Record an outage of each remote cluster asked in this cycle once when it begins
+        (ClusterUnreachable, with ssh's reason) and once when it ends (ClusterAnswered)."""
+        asked = {name: r for name, r in self._remotes.items()
+                 if r.ssh.round_trips != self._trips.get(name)}
+        if not asked:
+            return
+        if self._down is None:
+            self._down = set(outages(self.tracker.store))
+        for name, remote in asked.items():
+            self._trips[name] = remote.ssh.round_trips
+            failure = remote.ssh.failure
+            if failure is not None and name not in self._down:
+                self.tracker.store.append(ev.SYSTEM_STREAM,
+                                          [ev.ClusterUnreachable(name, failure[:300])],
+                                          meta={"actor": "watcher"})
+                self._down.add(name)
+            elif failure is None and name in self._down:
+                self.tracker.store.append(ev.SYSTEM_STREAM, [ev.ClusterAnswered(name)],
+                                          meta={"actor": "watcher"})
+                self._down.discard(name)
 
     def defined(self) -> dict[str, ev.ClusterAdded]:
         return defined(self.tracker.store)

@@ -113,6 +113,7 @@ class Runner(Submission):
             self._reconcile(report, polled, local=reconcile)
         self._release_waits(report)
         self._submit_pending(report)
+        self.clusters.record_reachability()  # a remote cluster's outage: when it began, ended
         self.tracker.projections.catch_up(self.tracker.store)
         return report
 

@@ -53,6 +53,7 @@ class SshConnection:
         tag = hashlib.sha256(repr((str(control_dir), attrs_tuple(cluster))).encode())
         self.control_path = str(short / f"{tag.hexdigest()[:20]}.sock")
         self.round_trips = 0  # every ssh or rsync started: the benchmark counts them
+        self.failure: str | None = None  # why the last command could not reach the cluster
 
     def ssh_options(self) -> list[str]:
         options = []
@@ -89,17 +90,22 @@ class SshConnection:
             done = subprocess.run(self.command(argv), capture_output=True, timeout=timeout,
                                   check=False, **extra)  # type: ignore[call-overload]
         except subprocess.TimeoutExpired as exc:
-            raise Unreachable(f"{self.cluster.name}: no answer within {timeout:g} s") from exc
+            raise self._unreachable(f"no answer within {timeout:g} s") from exc
         out = done.stdout.decode(errors="replace")
         err = done.stderr.decode(errors="replace")
         if done.returncode == UNREACHABLE and _is_ssh_failure(err):
-            raise Unreachable(f"{self.cluster.name}: {' '.join(err.split())[:300]}")
+            raise self._unreachable(" ".join(err.split())[:300])
         if done.returncode == UNREACHABLE and not err.strip():
             # A command on a shared (ControlMaster) connection whose server died under it:
             # ssh exits 255 and says nothing. Not the command's own failure.
-            raise Unreachable(f"{self.cluster.name}: the connection was lost during the "
-                              "command (ssh exited 255 without a message)")
+            raise self._unreachable("the connection was lost during the command (ssh exited "
+                                    "255 without a message)")
+        self.failure = None
         return CommandResult(done.returncode, out, err)
+
+    def _unreachable(self, why: str) -> Unreachable:
+        self.failure = why
+        return Unreachable(f"{self.cluster.name}: {why}")
 
     def rsync(self, sources: Sequence[str], dest: str, timeout: float,
               extra: Sequence[str] = ()) -> None:
@@ -112,13 +118,13 @@ class SshConnection:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                                   check=False, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            raise Unreachable(f"{self.cluster.name}: rsync did not finish in {timeout:g} s") \
-                from exc
+            raise self._unreachable(f"rsync did not finish in {timeout:g} s") from exc
         if done.returncode != 0:
             message = " ".join(done.stderr.split())[:300]
             if done.returncode in (12, 255) or _is_ssh_failure(done.stderr):
-                raise Unreachable(f"{self.cluster.name}: rsync: {message}")
+                raise self._unreachable(f"rsync: {message}")
             raise SchedulerError(f"{self.cluster.name}: rsync: {message}")
+        self.failure = None
 
     def remote(self, path: str) -> str:
         """``path`` as an rsync remote argument on this cluster."""
