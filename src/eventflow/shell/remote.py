@@ -51,8 +51,9 @@ _LIST_RECORDS = 'for d in "$@"; do [ -f "$d/{record}" ] && printf "%s\\n" "$d"; 
 # nothing.
 MANIFEST = ".eventflow-upload.sha256"
 SUBMITTED = ".eventflow-job-id"
+SUBMIT_LOCK = ".eventflow-submit.lock"
 _UNPACK_AND_RUN = (
-    'set -e; mkdir -p -- "$1"; cd -- "$1"; exec 9>>.eventflow-submit.lock; '
+    'set -e; mkdir -p -- "$1"; cd -- "$1"; exec 9>>' + SUBMIT_LOCK + '; '
     'if command -v flock >/dev/null 2>&1 && ! flock -w 15 9; then '
     'echo "another submission of this job is still under way there" >&2; exit 75; fi; '
     f'if [ -s {SUBMITTED} ]; then cat {SUBMITTED}; exit 0; fi; '
@@ -66,7 +67,7 @@ def upload_bundle(folder: Path) -> bytes:
     from eventflow.shell.jobs import sha256_of
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
-                   and p.name not in (MANIFEST, SUBMITTED, ".eventflow-submit.lock"))
+                   and p.name not in (MANIFEST, SUBMITTED, SUBMIT_LOCK))
     manifest = "".join(f"{sha256_of(p)}  ./{p.relative_to(folder).as_posix()}\n"
                        for p in files)
     buffer = io.BytesIO()

@@ -26,7 +26,7 @@ import attrs
 
 from eventflow.core.clusters import check_workdir
 from eventflow.shell.jobs import RECORD, sha256_of
-from eventflow.shell.remote import MANIFEST, RemoteScheduler
+from eventflow.shell.remote import MANIFEST, SUBMIT_LOCK, SUBMITTED, RemoteScheduler
 from eventflow.shell.scheduler import (
     SQUEUE_FORMAT,
     JobInfo,
@@ -51,14 +51,25 @@ _POLL = ('n=$1; shift; i=0; while [ "$i" -lt "$n" ]; do '
 # $1 work folder, $2 the sbatch command, $3-$5 partition, qos, account (empty: not given),
 # then (folder, job name, script) per job. Unpacking failure (the work folder cannot be made,
 # a full disk) fails every job of the batch with tar's or mkdir's own words.
+# Per job, under a lock on its folder, and the id sbatch printed kept there (remote.SUBMITTED):
+# a submit script left running by a killed connection and a retry's must make one job between
+# them (remote.py says why).
 _SUBMIT = r'''base=$1 sbatch=$2 p=$3 q=$4 a=$5; shift 5
 err=$( { mkdir -p -- "$base" && cd -- "$base" && tar -xf -; } 2>&1 ) || {
   printf '%s\n' "$err" >&2; exit 3; }
 while [ "$#" -ge 3 ]; do
   d=$1 name=$2 script=$3; shift 3
   if err=$(cd -- "$d" && sha256sum --quiet --strict -c ''' + MANIFEST + r''' 2>&1); then
-    if out=$("$sbatch" --parsable --job-name="$name" --chdir="$d" ${p:+"--partition=$p"} \
-        ${q:+"--qos=$q"} ${a:+"--account=$a"} "$d/$script" 2>&1); then
+    if out=$(cd -- "$d" 2>&1 && exec 9>>''' + SUBMIT_LOCK + r''' && {
+        if command -v flock >/dev/null 2>&1 && ! flock -w 15 9; then
+          echo "another submission of this job is still under way there"; exit 75; fi
+        if [ -s ''' + SUBMITTED + r''' ]; then cat ''' + SUBMITTED + r'''; exit 0; fi
+        id=$("$sbatch" --parsable --job-name="$name" --chdir="$d" ${p:+"--partition=$p"} \
+          ${q:+"--qos=$q"} ${a:+"--account=$a"} "$d/$script" 2>&1) || {
+          printf '%s\n' "$id"; exit 1; }
+        { printf '%s\n' "$id" >''' + SUBMITTED + r'''.tmp &&
+          mv -f ''' + SUBMITTED + r'''.tmp ''' + SUBMITTED + r'''; } 2>/dev/null || true
+        printf '%s\n' "$id"; }); then
       printf 'ok %s %s\n' "$name" "$(printf '%s' "$out" | tr '\n' ' ')"
     else
       printf 'fail %s %s\n' "$name" "$(printf '%s' "$out" | tr '\n' ' ')"
@@ -142,7 +153,8 @@ def submit_many(remote: RemoteScheduler, jobs: Sequence[tuple[Path, str]]
     except SchedulerError as exc:
         result, lost = None, str(exc)
     if result is not None and result.returncode != 0:
-        reason = _one_line(result.stderr or result.stdout) or f"exit {result.returncode}"
+        reason = (f"{remote.name}: "
+                  + (_one_line(result.stderr or result.stdout) or f"exit {result.returncode}"))
         # Nothing ran past the unpacking (exit 3); any other failure: sbatch may have run.
         return {name: Outcome(error=reason, maybe_submitted=result.returncode != 3)
                 for _, name in jobs}
@@ -155,11 +167,12 @@ def submit_many(remote: RemoteScheduler, jobs: Sequence[tuple[Path, str]]
             except SchedulerError as exc:
                 outcomes[name] = Outcome(error=str(exc), maybe_submitted=True)
         elif word == "fail":
-            outcomes[name] = Outcome(error=text.strip() or "sbatch failed")
+            outcomes[name] = Outcome(error=f"{remote.name}: {text.strip() or 'sbatch failed'}")
     if result is None:
         lost = f"{lost}; the job may have been submitted: it is looked up by name first"
     else:
-        lost = "no answer about this job; it may have been submitted: looked up by name first"
+        lost = (f"{remote.name}: no answer about this job; it may have been submitted: "
+                "looked up by name first")
     for _, name in jobs:
         outcomes.setdefault(name, Outcome(error=lost, maybe_submitted=True,
                                           unreachable=result is None))
@@ -175,7 +188,7 @@ def _bundle(remote: RemoteScheduler, folders: Sequence[Path]) -> bytes:
         for folder in folders:
             prefix = posixpath.relpath(remote.remote_dir(folder), base)
             files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
-                           and p.name != MANIFEST)
+                           and p.name not in (MANIFEST, SUBMITTED, SUBMIT_LOCK))
             manifest = "".join(f"{sha256_of(p)}  ./{p.relative_to(folder).as_posix()}\n"
                                for p in files)
             for path in files:

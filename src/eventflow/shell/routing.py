@@ -39,6 +39,10 @@ class Routing:
     def refresh(self) -> None:
         self.clusters.refresh()
 
+    def record_reachability(self) -> None:
+        """A remote cluster's outage: recorded when it begins and when it ends."""
+        self.clusters.record_reachability()
+
     def of_job(self, calculation_id: str) -> Scheduler:
         return self.clusters.of_job(calculation_id)
 
