@@ -158,9 +158,13 @@ class Clusters:
         """Read the JobSubmitted events recorded since the last refresh (once per cycle)."""
         placed, self._seen = job_clusters(self.tracker.store, self._seen)
         self._placed.update(placed)
-        # Scratch clean-ups of remote jobs decided since, and those not yet done on their
-        # cluster: one round trip per cluster (shell.remote_scratch).
+        # Scratch clean-ups of remote jobs decided since (shell.remote_scratch).
         self._cleanups.read(self.tracker.store, self._placed)
+
+    def send_cleanups(self) -> None:
+        """The remote scratch clean-ups not yet done on their cluster (as of the last
+        ``refresh``): one round trip per cluster. An effect, so only the runner's cycle
+        calls it, not a mere look at where jobs are."""
         if self._cleanups:
             self._cleanups.send(self.tracker, self.remote)
 

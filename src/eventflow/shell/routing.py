@@ -39,6 +39,9 @@ class Routing:
     def refresh(self) -> None:
         self.clusters.refresh()
 
+    def send_cleanups(self) -> None:
+        self.clusters.send_cleanups()
+
     def record_reachability(self) -> None:
         """A remote cluster's outage: recorded when it begins and when it ends."""
         self.clusters.record_reachability()

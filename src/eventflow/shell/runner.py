@@ -94,6 +94,7 @@ class Runner(Submission):
         ``--remote-poll`` seconds: their records make no local file events)."""
         report = CycleReport()
         self.clusters.refresh()
+        self.clusters.send_cleanups()
         polled = self.clusters.poll(self._followed()) if remote else {}
         # Observations first (a JobFinished per new record), then their interpretation: a
         # burst of records is seen as soon as it arrives, not one parse after another.
