@@ -24,7 +24,7 @@ from eventflow.errors import EventflowError, LogUnavailableError
 from eventflow.shell import clock
 from eventflow.shell.jobs import RECORD, STARTED, job_name, read_completion
 from eventflow.shell.remote_batch import submit_many
-from eventflow.shell.scheduler import Scheduler, SubmitError
+from eventflow.shell.scheduler import Scheduler, SubmitError, _check_slurm_id
 from eventflow.shell.ssh import Unreachable
 from eventflow.shell.store import utc_now
 
@@ -304,9 +304,9 @@ class Submission:
 
 
 def _started_id(path: Path) -> str:
-    """The job id a job wrote at its start ('' when absent or not an id)."""
+    """The SLURM job id a job wrote at its start ('' when absent or not one). The local
+    executor's ids are not needed here: its look-up by name never forgets a job."""
     try:
-        text = path.read_text(errors="replace")[:64].strip()
-    except OSError:
+        return _check_slurm_id(path.read_text(errors="replace")[:64].strip())
+    except (OSError, ValueError):
         return ""
-    return text if text.replace("_", "").isdigit() else ""
