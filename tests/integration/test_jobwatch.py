@@ -16,7 +16,8 @@ import pytest
 from eventflow.shell.api import Tracker
 from eventflow.shell.config import scheduler_for
 from eventflow.shell.jobs import RECORD
-from eventflow.shell.jobwatch import FolderWatch, InotifyFolders, PollFolders, active_folders
+from eventflow.shell.jobwatch import FolderWatch, InotifyFolders, PollFolders
+from eventflow.shell.runner import Runner
 from eventflow.shell.watcher import Watcher
 from tests.integration.helpers import add, count, make_project, unique, wait_for
 
@@ -122,5 +123,6 @@ def test_the_daemon_takes_up_a_record_written_before_the_folder_was_watched(
             stopper.join(timeout=WAIT)
         assert count(project, "JobFinished") == 1
         assert tracker.state(mid).state == "completed"
-        assert active_folders(tracker) == set()  # nothing is followed (or watched) any more
+        # nothing is followed (or watched) any more
+        assert Runner(tracker, inner).followed_folders() == set()
         assert watcher.folders.watched == 0

@@ -22,21 +22,11 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from eventflow.shell.jobs import RECORD
 
 log = logging.getLogger("eventflow.watcher")
 READ_TIMEOUT_MS = 500  # how often the inotify thread looks whether it should stop
-
-
-def active_folders(tracker: Any) -> set[Path]:
-    """The folders of every submitted or running job, from the projections (one query)."""
-    rows = tracker.projections.db.execute(
-        "SELECT directory FROM calculations WHERE state IN ('submitted', 'running') "
-        "AND job_id IS NOT NULL AND directory IS NOT NULL AND directory != ''").fetchall()
-    root = tracker.project.root
-    return {root / row[0] for row in rows}
 
 
 class FolderWatch:
@@ -195,4 +185,4 @@ def folder_watch(on_record: Callable[[], None], poll: float | None) -> FolderWat
         return PollFolders(on_record, 1.0)
 
 
-__all__ = ["FolderWatch", "InotifyFolders", "PollFolders", "active_folders", "folder_watch"]
+__all__ = ["FolderWatch", "InotifyFolders", "PollFolders", "folder_watch"]

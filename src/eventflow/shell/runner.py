@@ -118,6 +118,11 @@ class Runner(Submission):
         self.tracker.projections.catch_up(self.tracker.store)
         return report
 
+    def followed_folders(self) -> set[Path]:
+        """The folders of the jobs this runner follows (the watcher watches these)."""
+        root = self.project.root
+        return {root / directory for *_, directory in self._followed() if directory}
+
     def follows_remote_jobs(self) -> bool:
         """Whether any followed job runs on a remote cluster (the watcher polls them then)."""
         self.clusters.refresh()

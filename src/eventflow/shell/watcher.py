@@ -27,7 +27,7 @@ import attrs
 from eventflow.core.clusters import ClusterError
 from eventflow.errors import ConfigError, LogUnavailableError
 from eventflow.shell.api import Tracker
-from eventflow.shell.jobwatch import FolderWatch, active_folders, folder_watch
+from eventflow.shell.jobwatch import FolderWatch, folder_watch
 from eventflow.shell.lock import LockHeld, LockLost
 from eventflow.shell.lock_pg import watcher_lock
 from eventflow.shell.runner import CycleReport, Runner
@@ -295,7 +295,7 @@ class Watcher:
             report = runner.cycle(reconcile=reconcile, remote=remote)
             # Now watch the folders of the jobs followed after this cycle (new submissions in,
             # ended jobs out); a record already there wakes the next cycle.
-            self.folders.sync(active_folders(self.tracker))
+            self.folders.sync(runner.followed_folders())
         except LockLost:
             raise  # another watcher holds the project now: this one must stop
         except LogUnavailableError:
