@@ -425,14 +425,14 @@ def test_a_cycles_jobs_go_up_in_one_round_trip_and_a_bad_upload_fails_only_its_j
     """Three requests of one cycle: one ssh call unpacks all three folders and runs sbatch for
     each; the folder whose manifest does not match (one checksum altered on its way) is not
     submitted, and only its job's submission fails, with the reason."""
-    from eventflow.shell import remote_batch
+    from eventflow.shell import remote as remote_module
 
     project, remote = _project(tmp_path)
     mids = [unique("batch") for _ in range(3)]
     for mid in mids:
         add(project, mid, ["bash", "-c", "echo done > SP.out"])
-    real_sha = remote_batch.sha256_of
-    monkeypatch.setattr(remote_batch, "sha256_of", lambda p: (
+    real_sha = remote_module.sha256_of
+    monkeypatch.setattr(remote_module, "sha256_of", lambda p: (
         "0" * 64 if mids[1] in str(p) and p.name == "job.sh" else real_sha(p)))
     real_run = SshConnection.run
     calls: list[list[str]] = []

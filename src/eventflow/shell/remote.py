@@ -20,7 +20,7 @@ from pathlib import Path
 
 from eventflow.core import events as ev
 from eventflow.core.clusters import check_workdir, remote_path
-from eventflow.shell.jobs import RECORD
+from eventflow.shell.jobs import RECORD, sha256_of
 from eventflow.shell.scheduler import (
     DEFAULT_TIMEOUT,
     CommandResult,
@@ -64,21 +64,26 @@ _UNPACK_AND_RUN = (
 
 def upload_bundle(folder: Path) -> bytes:
     """The job folder's regular files as an uncompressed tar, with a sha256 manifest."""
-    from eventflow.shell.jobs import sha256_of
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        add_job_folder(tar, folder, ".")
+    return buffer.getvalue()
 
+
+def add_job_folder(tar: tarfile.TarFile, folder: Path, prefix: str) -> None:
+    """``folder``'s regular files into ``tar`` under ``prefix``, with the sha256 manifest the
+    remote side checks (``sha256sum -c`` in the folder) before it submits anything."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
                    and p.name not in (MANIFEST, SUBMITTED, SUBMIT_LOCK))
     manifest = "".join(f"{sha256_of(p)}  ./{p.relative_to(folder).as_posix()}\n"
                        for p in files)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in files:
-            tar.add(path, arcname=f"./{path.relative_to(folder).as_posix()}", recursive=False)
-        data = manifest.encode()
-        info = tarfile.TarInfo(f"./{MANIFEST}")
-        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    for path in files:
+        tar.add(path, arcname=f"{prefix}/{path.relative_to(folder).as_posix()}",
+                recursive=False)
+    data = manifest.encode()
+    info = tarfile.TarInfo(f"{prefix}/{MANIFEST}")
+    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
 
 
 class RemoteScheduler:

@@ -17,16 +17,20 @@ from __future__ import annotations
 import io
 import posixpath
 import tarfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 
 from eventflow.core.clusters import check_workdir
-from eventflow.shell.jobs import RECORD, sha256_of
-from eventflow.shell.remote import MANIFEST, SUBMIT_LOCK, SUBMITTED, RemoteScheduler
+from eventflow.shell.jobs import RECORD
+from eventflow.shell.remote import (
+    MANIFEST,
+    SUBMIT_LOCK,
+    SUBMITTED,
+    RemoteScheduler,
+    add_job_folder,
+)
 from eventflow.shell.scheduler import (
     SQUEUE_FORMAT,
     JobInfo,
@@ -186,19 +190,7 @@ def _bundle(remote: RemoteScheduler, folders: Sequence[Path]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for folder in folders:
-            prefix = posixpath.relpath(remote.remote_dir(folder), base)
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
-                           and p.name not in (MANIFEST, SUBMITTED, SUBMIT_LOCK))
-            manifest = "".join(f"{sha256_of(p)}  ./{p.relative_to(folder).as_posix()}\n"
-                               for p in files)
-            for path in files:
-                tar.add(path, arcname=f"{prefix}/{path.relative_to(folder).as_posix()}",
-                        recursive=False)
-            _add_bytes(tar, f"{prefix}/{MANIFEST}", manifest.encode())
+            add_job_folder(tar, folder, posixpath.relpath(remote.remote_dir(folder), base))
     return buffer.getvalue()
 
 
-def _add_bytes(tar: Any, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-    tar.addfile(info, io.BytesIO(data))
