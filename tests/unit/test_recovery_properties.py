@@ -8,6 +8,7 @@ and end waits with ``due``.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from typing import Any
 
@@ -20,7 +21,7 @@ from eventflow.core.kinds import ERROR_KINDS, SCHEDULER_KINDS
 from eventflow.core.policy import PolicyConfig, decide
 from eventflow.core.recovery import RecoveryConfig, due, parse_recovery, recover, units
 from eventflow.core.recovery.plan import effective_resources
-from eventflow.core.state import fold
+from eventflow.core.state import MaterialState, fold
 from eventflow.core.workflow import BUILTIN, StepDef, Workflow
 from tests.unit.test_recovery_policy import Material
 
@@ -264,3 +265,34 @@ def test_decide_is_deterministic(rc: RecoveryConfig, code: str, seq: list[str],
     assert decide(fold(m.mid, m.records), rec, config) == first
     later = units.add_seconds(rec.recorded_at, 10**6)
     assert due(m.state, later, config) == due(fold(m.mid, m.records), later, config)
+
+
+def _snapshot(state: MaterialState) -> dict[str, Any]:
+    """Everything a folded state holds, copied out (states have no __eq__)."""
+    values = {name: copy.deepcopy(getattr(state, name)) for name in MaterialState.__slots__
+              if name != "calcs"}
+    values["calcs"] = {cid: copy.deepcopy((c.as_dict(), c.recovery))
+                       for cid, c in state.calcs.items()}
+    return values
+
+
+@SETTINGS
+@given(rc=configs(), code=st.sampled_from(["qe", "crystal"]), seq=outcomes,
+       cut=st.integers(0, 400))
+def test_folding_on_from_a_kept_state_equals_folding_from_the_start(
+        rc: RecoveryConfig, code: str, seq: list[str], cut: int) -> None:
+    """Tracker.state folds on from a kept state: that must give the full fold, and leave
+    the kept state as it was (it is folded on again later)."""
+    config = PolicyConfig(workflows=dict(BUILTIN), recovery=rc, recover=recover)
+    m = Material(config, code=code, workflow="test")  # two steps, A then B
+    drive(m, seq, limit=12, prefix=True)
+    assert len(m.records) > 2  # the policy ran: attempts were requested and folded
+    for calc in [c for c in m.state.calcs.values() if c.state == "completed"]:
+        m.append(ev.PropertiesExtracted(calc.id, {"energy": {"value": -1.0, "unit": "Ry"}}),
+                 "watcher")
+    cut = cut % (len(m.records) + 1)
+    kept = fold(m.mid, m.records[:cut])
+    before = _snapshot(kept)
+    on = fold(m.mid, m.records[cut:], kept)
+    assert _snapshot(on) == _snapshot(fold(m.mid, m.records))
+    assert _snapshot(kept) == before

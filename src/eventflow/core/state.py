@@ -75,6 +75,14 @@ class CalcState:
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__ if name != "recovery"}
 
+    def copy(self) -> CalcState:
+        """A copy folding may change apart from this one: folding only ever sets a
+        calculation's fields (never changes their values in place), so a shallow copy is it."""
+        twin = CalcState.__new__(CalcState)
+        for name in CalcState.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
+
 
 class MaterialState:
     __slots__ = (
@@ -112,6 +120,18 @@ class MaterialState:
         self.properties: list[tuple[str, Any, str, str, int]] = []
         self.errors: list[tuple[str, str, str]] = []  # (calculation_id, kind, evidence)
         self.recoveries = 0
+
+    def copy(self) -> MaterialState:
+        """A copy that folding more events into leaves this one as it is. Folding sets
+        fields, adds calculations, and appends to ``properties`` and ``errors``: those
+        containers are copied, the values in them shared."""
+        twin = MaterialState.__new__(MaterialState)
+        for name in MaterialState.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin.calcs = {cid: calc.copy() for cid, calc in self.calcs.items()}
+        twin.properties = list(self.properties)
+        twin.errors = list(self.errors)
+        return twin
 
     # -- derived views --------------------------------------------------------------------
     def attempts(self, step: str) -> list[CalcState]:
@@ -346,9 +366,11 @@ def apply(state: MaterialState, rec: ev.Recorded) -> MaterialState:
     return state
 
 
-def fold(material_id: str, records: Iterable[ev.Recorded]) -> MaterialState:
-    """The state of one material after all of ``records`` (its stream, in order)."""
-    state = MaterialState(material_id)
+def fold(material_id: str, records: Iterable[ev.Recorded],
+         start: MaterialState | None = None) -> MaterialState:
+    """The state of one material after all of ``records`` (its stream, in order), or, from
+    ``start`` (left as it is), after the records that follow it."""
+    state = start.copy() if start is not None else MaterialState(material_id)
     for rec in records:
         apply(state, rec)
     return state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,15 @@ from eventflow.core.lifecycle import CALCULATION_STATES, MATERIAL_STATES
 from eventflow.core.policy import PolicyConfig, decide
 from eventflow.core.state import MaterialState, apply, calculation_id, fold, would_accept
 from eventflow.errors import ConcurrencyError, EventflowError, IllegalTransition
+from eventflow.shell.handoff import read_structure
 from eventflow.shell.project import Project, initialise, set_store
 from eventflow.shell.projections import open_projections
 from eventflow.shell.store import open_store
 
 _RETRIES = 20
+# Folded states kept per Tracker, so a state is brought up to date by the events since,
+# not folded from the start. Bounded: a watcher of 100,000 materials must stay small.
+_FOLDED_KEPT = 512
 
 
 class Tracker:
@@ -35,6 +40,7 @@ class Tracker:
         self.store = open_store(project.store)
         self.projections = open_projections(project)
         self._policy = policy
+        self._folded: OrderedDict[str, MaterialState] = OrderedDict()
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -70,7 +76,17 @@ class Tracker:
 
     # -- the write path -----------------------------------------------------------------------
     def state(self, material_id: str) -> MaterialState:
-        return fold(material_id, self.store.read(stream=material_id))
+        """The material's state now: a copy of its own, the caller may change it."""
+        kept = self._folded.pop(material_id, None)
+        after = kept.last_seq if kept is not None else 0
+        # The log is append-only and seq is commit-ordered: the events after the kept
+        # state's last seq are exactly those it has not folded yet.
+        new = list(self.store.read(stream=material_id, after=after))
+        state = fold(material_id, new, kept) if new or kept is None else kept
+        self._folded[material_id] = state
+        if len(self._folded) > _FOLDED_KEPT:
+            self._folded.popitem(last=False)
+        return state.copy()
 
     def append(
         self,
@@ -266,10 +282,8 @@ class Tracker:
 
 
 def _formula_of(path: Path) -> str:
-    from ase.io import read  # imported here: ASE takes about a second to import
-
     try:
-        atoms = read(str(path))
+        atoms = read_structure(path)
     except Exception as exc:  # ASE raises many types for unreadable files
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EventflowError(f"{path}: not a structure ASE can read: {first}") from exc

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shlex
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -193,21 +194,25 @@ def final_structure(plugin: Any, result: Any) -> Any:
 
 
 # Every attempt of every step starts from the material's initial file; ASE's CIF reader
-# took as long as writing the rest of the job folder. Keyed on the file's identity and mtime.
-_structures: dict[str, tuple[tuple[int, int, int], Any]] = {}
+# took as long as writing the rest of the job folder. Keyed on the file's name (ASE picks
+# the format by it) and content, and bounded: a watcher may prepare 100,000 materials.
+_structures: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_STRUCTURES_KEPT = 256
 
 
-def _read_structure(path: Path) -> Any:
-    """The structure in ``path`` (a private copy: callers may change it)."""
-    from ase.io import read
+def read_structure(path: Path) -> Any:
+    """The structure in ``path`` (a private copy: callers may change it). Raises what ASE
+    raises for a file it cannot read."""
+    from ase.io import read  # imported here: ASE takes about a second to import
 
-    info = path.stat()
-    stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-    cached = _structures.get(str(path))
-    if cached is None or cached[0] != stamp:
-        cached = (stamp, read(str(path)))
-        _structures[str(path)] = cached
-    return cached[1].copy()
+    key = (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
+    atoms = _structures.pop(key, None)
+    if atoms is None:
+        atoms = read(str(path))
+    _structures[key] = atoms
+    if len(_structures) > _STRUCTURES_KEPT:
+        _structures.popitem(last=False)
+    return atoms.copy()
 
 
 def structure_of(project: Project, plugin: Any, state: MaterialState, calc: CalcState | None,
@@ -216,7 +221,7 @@ def structure_of(project: Project, plugin: Any, state: MaterialState, calc: Calc
     initial file. Outputs print no starting magnetic moments, so those of the initial file
     are kept when the final structure has the same atoms in the same order (CRYSTAL's
     ATOMSPIN of an antiferromagnet must survive OPT -> SP)."""
-    start = _read_structure(initial)
+    start = read_structure(initial)
     if calc is not None:
         output = project.root / calc.directory / plugin.main_output(calc.step)
         if output.is_file():

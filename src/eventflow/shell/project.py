@@ -76,6 +76,9 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
+_project_ids: dict[tuple[str, int, int, int], str] = {}
+
+
 @attrs.frozen
 class Project:
     root: Path
@@ -119,7 +122,13 @@ class Project:
         deleted and made again in the same place) never mistake each other's jobs."""
         path = self.root / MARKER / "project-id"
         try:
-            return path.read_text().strip()
+            # Asked for on every submit and reconcile: read once per file (a project made
+            # again in the same place has a new file, hence a new stamp).
+            info = path.stat()
+            stamp = (str(path), info.st_ino, info.st_mtime_ns, info.st_size)
+            if stamp not in _project_ids:
+                _project_ids[stamp] = path.read_text().strip()
+            return _project_ids[stamp]
         except FileNotFoundError:
             pass
         import secrets

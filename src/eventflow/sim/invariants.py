@@ -28,7 +28,9 @@ class Checker:
         self.cluster = cluster
         self.writer = JobWriter(tracker.project, tracker.policy)
         self._seen: tuple[int, int, int] | None = None
+        self._resources: dict[str, tuple[int, int]] = {}  # (memory MB, walltime s) per attempt
         self.limit = getattr(tracker.policy.recovery, "max_recoveries_per_material", None)
+        self.project_id = tracker.project.project_id
 
     # -- after every step --------------------------------------------------------------------
     def step_if_changed(self) -> list[str]:
@@ -84,7 +86,7 @@ class Checker:
             if calc.job_id is None:
                 continue
             job = self.cluster.jobs.get(calc.job_id)
-            expected = job_name(self.tracker.project.project_id, calc.id)
+            expected = job_name(self.project_id, calc.id)
             if job is None or job.name != expected:
                 out.append(f"{calc.id}: recorded job {calc.job_id} is not its job")
         return out
@@ -106,8 +108,11 @@ class Checker:
         for step, calcs in by_step.items():
             previous = None
             for calc in calcs:
-                res = self.writer.resources_for(state, calc)
-                now = (memory_mb(res.mem) if res.mem else 0, walltime_seconds(res.time))
+                now = self._resources.get(calc.id)
+                if now is None:  # an attempt's resources are fixed when it is requested
+                    res = self.writer.resources_for(state, calc)
+                    now = (memory_mb(res.mem) if res.mem else 0, walltime_seconds(res.time))
+                    self._resources[calc.id] = now
                 if previous is not None and (now[0] < previous[0] or now[1] < previous[1]):
                     out.append(f"{calc.id}: memory/walltime {now} below the previous attempt's "
                                f"{previous} of step {step}")
@@ -121,7 +126,7 @@ class Checker:
         by_name = {}
         for state in states.values():
             for calc in state.calcs.values():
-                by_name[job_name(self.tracker.project.project_id, calc.id)] = (state, calc)
+                by_name[job_name(self.project_id, calc.id)] = (state, calc)
             if state.state in QUIET_OK:
                 pass
             elif state.state in QUIET_WITH_REASON:

@@ -350,10 +350,10 @@ def _digest(tracker: Tracker) -> str:
     """The log's content but what differs between runs of one history: process metadata
     (pid, host), the project's random id and its scratch folder. Equal for equal histories."""
     digest = hashlib.sha256()
-    project = tracker.project
+    root, project_id = str(tracker.project.root), tracker.project.project_id
     for row in tracker.store.db.execute(
             "SELECT seq, stream, version, type, data, recorded_at, idempotency_key FROM events "
             "ORDER BY seq"):
-        text = repr(row).replace(str(project.root), "PROJECT")
-        digest.update(text.replace(project.project_id, "ID").encode())
+        text = repr(row).replace(root, "PROJECT")
+        digest.update(text.replace(project_id, "ID").encode())
     return digest.hexdigest()

@@ -17,6 +17,7 @@ read INPUT from the working folder; the redirection does them no harm).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from eventflow.codes.base import ParseResult
@@ -41,6 +42,11 @@ RESTART_FILES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# The shell reads one output more than once (the verdict, then the next step's starting
+# structure); a parse is a pure function of the text, so the few latest are kept.
+_parse_remembered = functools.lru_cache(maxsize=16)(parse.parse_output)
+
+
 class CrystalPlugin:
     """The CodePlugin for CRYSTAL23 (and the older versions of the corpus)."""
 
@@ -51,7 +57,7 @@ class CrystalPlugin:
         return parse.detect(text)
 
     def parse(self, text: str) -> ParseResult:
-        return parse.parse_output(text)
+        return _parse_remembered(text)
 
     def render_inputs(self, structure: Any, step: str, params: dict[str, Any]) -> dict[str, str]:
         """The deck (``INPUT``, plus ``fort.34`` for EXTERNAL) for ``step``.

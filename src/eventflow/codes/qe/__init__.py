@@ -7,10 +7,15 @@ pure; the shell reads config/pseudopotentials.yaml and passes the loaded mapping
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from eventflow.codes.base import ParseResult
 from eventflow.codes.qe import changes, inputs, parse
+
+# The shell reads one output more than once (the verdict, then the next step's starting
+# structure); a parse is a pure function of the text, so the few latest are kept.
+_parse_remembered = functools.lru_cache(maxsize=16)(parse.parse)
 
 
 class QEPlugin:
@@ -25,7 +30,7 @@ class QEPlugin:
 
     def parse(self, text: str) -> ParseResult:
         """Interpret one output text (the last run, if several are concatenated)."""
-        return parse.parse(text)
+        return _parse_remembered(text)
 
     def render_inputs(self, structure: Any, step: str, params: dict[str, Any]) -> dict[str, str]:
         """pw.x (and bands.x / dos.x) inputs for ``step`` (OPT, SP, BAND, DOS)."""
