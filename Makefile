@@ -11,7 +11,7 @@
 #   make soak [SOAK_MATERIALS=N]    N materials (default 1000) through the real SLURM cluster
 #                                   under chaos (bench/soak.py; not run by CI)
 #   make sim-million [SIM_WORKERS=N]  seeds from 1 until 1,000,000 simulated lifecycles
-#                                   (hours: about 40 lifecycles/s on 2 cores; progress on stderr)
+#                                   (about 2 hours: 120-150 lifecycles/s on 2 cores; progress on stderr)
 
 PYTHON ?= python
 BENCH_ARGS ?=
