@@ -538,3 +538,46 @@ def test_a_node_failure_is_lost_with_slurms_reason_and_evidence(tmp_path: Path) 
     assert len(lost) == 1
     assert (lost[0].scheduler_state, lost[0].reason) == ("NODE_FAIL", "node_failure")
     assert any(re.search(r"DUE TO NODE FAILURE", line) for line in lost[0].evidence)
+
+
+def _with_cleanup(project: Path, globs: str) -> None:
+    cluster = project / "config" / "cluster.yaml"
+    cluster.write_text(cluster.read_text() + f"cleanup: {{noop: {globs}}}\n")
+
+
+def test_the_scratch_clean_up_removes_only_files_inside_the_job_folder(tmp_path: Path) -> None:
+    """A succeeded step's scratch goes; a folder the job linked in (its glob passes through
+    the link) keeps its files, and so does everything outside the job folder."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.dat").write_text("not the job's\n")
+    project = make_project(tmp_path, "local")
+    _with_cleanup(project, "['scratch/*', 'shared/*']")
+    add(project, "clean", ["bash", "-c", "mkdir scratch && echo big > scratch/big.tmp && "
+                           f"echo kept > SP.out && ln -s {precious} shared"])
+    job_dir = project / "calcs" / "clean" / "SP" / "1"
+
+    def done() -> bool:
+        eventflow(project, "watch", "--once", "--quiet")
+        return calc(project, "clean", "clean/SP/1").state == "completed"
+
+    wait_for(done, "the step to complete")
+    assert not (job_dir / "scratch" / "big.tmp").exists()
+    assert (job_dir / "SP.out").read_text() == "kept\n"
+    assert (precious / "keep.dat").read_text() == "not the job's\n"
+    assert [e.patterns for e in events(project, "ScratchCleanupDecided")] == [
+        ["scratch/*", "shared/*"]]
+
+
+@pytest.mark.parametrize("globs", ["['../*']", "['/tmp/*']", "['out/../../*']", "'*.tmp'"])
+def test_a_clean_up_glob_that_could_leave_the_job_folder_stops_the_watcher_in_one_line(
+        tmp_path: Path, globs: str) -> None:
+    project = make_project(tmp_path, "local")
+    _with_cleanup(project, globs)
+    add(project, "g", ["true"])
+    before = n_events(project)
+    proc = eventflow(project, "watch", "--once", "--quiet", check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cluster.yaml: cleanup" in lines[0], proc.stderr
+    assert n_events(project) == before  # nothing submitted, nothing recorded

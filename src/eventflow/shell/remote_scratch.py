@@ -43,6 +43,19 @@ done
 """
 
 
+def check_cleanup(value: Any) -> dict[str, list[str]]:
+    """cluster.yaml's ``cleanup:``, checked: a mapping of code to a list of globs, each
+    staying inside the job folder (both the local and the remote clean-up remove them)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(globs, list) and all(isinstance(g, str) for g in globs)
+            for globs in value.values()):
+        raise EventflowError("cluster.yaml: cleanup must map each code to a list of globs, "
+                             "e.g. {qe: ['out/*.wfc*']}")
+    return {str(code): [check_glob(g) for g in globs] for code, globs in value.items()}
+
+
 def check_glob(pattern: str) -> str:
     """A clean-up glob stays inside the job folder: relative, no ``..``, no empty parts."""
     parts = pattern.split("/")

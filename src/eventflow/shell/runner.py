@@ -30,6 +30,7 @@ from eventflow.shell import clock
 from eventflow.shell.api import Tracker
 from eventflow.shell.jobs import RECORD, JobWriter, read_completion
 from eventflow.shell.parsing import plugins
+from eventflow.shell.remote_scratch import check_cleanup
 from eventflow.shell.routing import Routing
 from eventflow.shell.scheduler import JobInfo, Scheduler
 from eventflow.shell.ssh import Unreachable
@@ -73,7 +74,7 @@ class Runner(Submission):
         cluster = self.project.config("cluster.yaml")
         self.max_jobs = int(cluster.get("max_jobs", 1000))
         self.max_submit = int(cluster.get("max_submit", 100))
-        self.cleanup: dict[str, Any] = dict(cluster.get("cleanup") or {})
+        self.cleanup = check_cleanup(cluster.get("cleanup"))
         self.writer = JobWriter(self.project, tracker.policy)
         self.clusters = Routing(tracker, scheduler,
                                 timeout=float((cluster.get("scheduler") or {}).get(
@@ -247,7 +248,7 @@ class Runner(Submission):
 
     def _cleanup(self, state: MaterialState, calc: CalcState) -> None:
         """Remove the configured scratch of a succeeded step (recorded first; idempotent)."""
-        patterns = [str(p) for p in (self.cleanup.get(state.code) or [])]
+        patterns = self.cleanup.get(state.code) or []
         if not patterns or calc.reason.startswith("import"):
             return  # an imported calculation's folder is the user's own: never clean it
         try:
@@ -257,9 +258,13 @@ class Runner(Submission):
         self._append(state.id, [ev.ScratchCleanupDecided(calc.id, patterns)],
                      key=f"cleanup:{calc.id}")
         freed = 0
+        real = folder.resolve()
         for pattern in patterns:
             for path in folder.glob(pattern):
-                if path.is_file() and not path.is_symlink():
+                # A glob may pass through a link the job made (out/ -> a shared folder):
+                # only files really inside the job folder are removed.
+                if (path.is_file() and not path.is_symlink()
+                        and path.resolve().is_relative_to(real)):
                     freed += path.stat().st_size
                     path.unlink(missing_ok=True)
         if freed:
