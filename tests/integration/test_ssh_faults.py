@@ -297,6 +297,8 @@ def test_the_sshd_killed_during_copy_back_brings_the_result_once(
     assert row["cluster"] == "far" and row["state"] == "running"
     assert row["reason"].startswith("cluster far does not answer since ")
     assert "\n" not in row["reason"]
+    shown = json.loads(eventflow(project, "show", mid, "--json").stdout)["material"]
+    assert shown["reason"] == row["reason"]  # show says it as status does
     with Tracker.open(project) as t:
         run_once(t)  # still down: the outage is not recorded again
     assert count(project, "ClusterUnreachable") == 1
@@ -308,6 +310,8 @@ def test_the_sshd_killed_during_copy_back_brings_the_result_once(
     assert count(project, "ClusterAnswered") == 1  # the outage's end, once
     shown = json.loads(eventflow(project, "status", "--json").stdout)["materials"]
     assert [m["reason"] for m in shown if m["id"] == mid] == [""]
+    assert json.loads(eventflow(project, "show", mid, "--json").stdout)["material"][
+        "reason"] == ""
 
 
 @contextlib.contextmanager

@@ -126,6 +126,7 @@ def _status_live(tracker: Any, args: argparse.Namespace) -> int:
 @command("show")
 def cmd_show(args: argparse.Namespace) -> int:
     from eventflow.core.ids import check_material_id
+    from eventflow.shell.clusters import with_outages
 
     mid = check_material_id(args.material)
     with _tracker(args) as tracker:
@@ -133,6 +134,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         material = tracker.projections.material(mid)
         if material is None:
             raise EventflowError(f"no material {mid!r} in {tracker.store.path}")
+        (material,) = with_outages(tracker.store, [material])  # as status says it
         calcs = tracker.projections.calculations(mid)
         props = tracker.projections.properties(mid)
         errors = tracker.projections.errors(mid)
