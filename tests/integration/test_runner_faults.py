@@ -581,3 +581,45 @@ def test_a_clean_up_glob_that_could_leave_the_job_folder_stops_the_watcher_in_on
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cluster.yaml: cleanup" in lines[0], proc.stderr
     assert n_events(project) == before  # nothing submitted, nothing recorded
+
+
+def test_a_material_cancelled_while_its_sbatch_runs_has_its_new_job_cancelled(
+        tmp_path: Path, projects: list[Path], executor: str) -> None:
+    """`eventflow cancel` while the watcher is between recording the inputs and sbatch's
+    answer finds no job to scancel; the job sbatch then makes belongs to a cancelled
+    calculation (the log refuses its JobSubmitted), so the watcher cancels it. The real
+    scheduler runs the job; only the moment of the user's cancel is placed, by running it
+    from inside the submit call."""
+    from eventflow.shell.config import scheduler_for
+
+    project = make_project(tmp_path, executor)
+    projects.append(project)
+    mid = unique("cancel-race")
+    add(project, mid, waiting_command())
+    made: list[str] = []
+    with Tracker.open(project) as tracker:
+        real, _ = scheduler_for(tracker.project)
+
+        class CancelledMeanwhile(type(real)):  # type: ignore[misc]
+            def submit(self, script: Path, job_name: str, workdir: Path) -> str:
+                with Tracker.open(project) as user:  # another process's connection
+                    assert user.cancel(mid, "changed my mind") == []  # no job yet
+                made.append(super().submit(script, job_name, workdir))
+                return made[-1]
+
+        scheduler = CancelledMeanwhile.__new__(CancelledMeanwhile)
+        scheduler.__dict__.update(real.__dict__)
+        report = run_once(tracker, scheduler=scheduler)
+        assert report.submitted == 0
+        assert len(made) == 1
+        assert tracker.state(mid).state == "cancelled"
+
+        def ended() -> bool:
+            info = real.states(made).get(made[0])
+            return info is None or info.state is None or info.finished
+
+        wait_for(ended, "the job to be cancelled")  # it waits for `go`, which never comes
+        if executor == "slurm":  # (the local executor's runner, killed this early, is gone
+            # before it can write its exit record: it reads as vanished, which also ends it)
+            assert real.states(made)[made[0]].state == "CANCELLED"
+    assert events(project, "JobSubmitted", mid) == []

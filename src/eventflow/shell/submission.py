@@ -24,7 +24,7 @@ from eventflow.errors import EventflowError, LogUnavailableError
 from eventflow.shell import clock
 from eventflow.shell.jobs import RECORD, STARTED, job_name, read_completion
 from eventflow.shell.remote_batch import submit_many
-from eventflow.shell.scheduler import Scheduler, SubmitError, _check_slurm_id
+from eventflow.shell.scheduler import Scheduler, SchedulerError, SubmitError, _check_slurm_id
 from eventflow.shell.ssh import Unreachable
 from eventflow.shell.store import utc_now
 
@@ -285,11 +285,28 @@ class Submission:
 
     def _submitted(self, state: MaterialState, calc: CalcState, job_id: str,
                    scheduler: Scheduler, report: CycleReport) -> None:
-        self._append(state.id, [ev.JobSubmitted(calc.id, job_id, scheduler.name)],
-                     key=f"submitted:{calc.id}")
+        if not self._append(state.id, [ev.JobSubmitted(calc.id, job_id, scheduler.name)],
+                            key=f"submitted:{calc.id}"):
+            self._cancelled_meanwhile(state.id, calc.id, job_id, scheduler)
+            return
         report.submitted += 1
         log.info("submitted %s as job %s", calc.id, job_id,
                  extra={"material": state.id, "calculation": calc.id, "job": job_id})
+
+    def _cancelled_meanwhile(self, mid: str, cid: str, job_id: str,
+                             scheduler: Scheduler) -> None:
+        """A user cancelled ``cid`` while its sbatch ran (`eventflow cancel` found no job to
+        scancel yet): the recorded cancellation is the intent, this job is its effect."""
+        calc = self.tracker.state(mid).calcs.get(cid)
+        if calc is None or calc.state != "cancelled":
+            return
+        log.warning("%s was cancelled while it was being submitted: cancelling its job %s",
+                    cid, job_id, extra={"material": mid, "calculation": cid, "job": job_id})
+        try:
+            scheduler.cancel(job_id)
+        except SchedulerError as exc:
+            log.error("could not cancel job %s of cancelled %s: %s", job_id, cid, exc,
+                      extra={"material": mid, "calculation": cid, "job": job_id})
 
     def _submit_failed(self, state: MaterialState, calc: CalcState, message: str,
                        report: CycleReport) -> None:
