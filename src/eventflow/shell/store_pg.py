@@ -378,6 +378,9 @@ class PostgresEventStore(LogBase):
         idempotency_key: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> list[ev.Recorded]:
+        # LogBase.append would reach _append_one too, through append_many; going straight
+        # there skips building the NewEvent: 1.4 of the 7.7 us of Python a single append
+        # costs, on the path whose goal (0.8x a raw INSERT) is met by a few percent.
         if len(events) != 1 or not self._one_trip:
             return super().append(stream, events, expected_version=expected_version,
                                   idempotency_key=idempotency_key, meta=meta)
